@@ -1,0 +1,154 @@
+"""The model contract every method implements, and the registry that creates models by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from commonspace.data.dataset import Batch, DataError, MultimodalDataset
+
+__all__ = ["MultimodalModel", "Stage", "create", "register", "available_models", "model_class"]
+
+
+@dataclass
+class Stage:
+    """One training stage: which parameters move and for how long.
+
+    ``epochs=None`` means "the trainer's epoch count". ``lr`` overrides the trainer's learning rate.
+    The trainer calls ``model.set_stage(name)`` before the stage so ``loss`` can pick its terms.
+    """
+
+    name: str
+    parameters: list[nn.Parameter]
+    epochs: int | None = None
+    lr: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class MultimodalModel(nn.Module):
+    """Base class: ``loss`` is the only thing the trainer optimises.
+
+    Subclasses take ``dims`` (modality -> feature shape) first, then plain keyword hyper-parameters, and
+    record them with ``self.save_config(...)`` so a checkpoint can rebuild the model without pickling.
+    """
+
+    name: ClassVar[str] = "base"
+    #: train only on samples where every modality is present (BiDNN reference code)
+    requires_complete: ClassVar[bool] = False
+    #: models fitted in closed form (CCA, raw features) have no gradient training
+    trainable: ClassVar[bool] = True
+    #: the paper's training settings (TrainConfig fields) used when the caller gives none
+    train_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]]) -> None:
+        super().__init__()
+        if not dims:
+            raise DataError("a model needs at least one modality in dims")
+        self.dims: dict[str, tuple[int, ...]] = {
+            m: (int(d),) if isinstance(d, int) else tuple(int(v) for v in d) for m, d in dims.items()
+        }
+        self.modalities: tuple[str, ...] = tuple(self.dims)
+        self.config: dict[str, Any] = {"dims": {m: list(d) for m, d in self.dims.items()}}
+        self.stage: str | None = None
+
+    # ---------------------------------------------------------------- config
+    def save_config(self, **hparams: Any) -> None:
+        self.config.update(hparams)
+
+    def set_stage(self, name: str | None) -> None:
+        self.stage = name
+
+    def stages(self) -> list[Stage]:
+        return [Stage("main", [p for p in self.parameters() if p.requires_grad])]
+
+    # ------------------------------------------------------------- contract
+    def forward(self, batch: Batch) -> dict[str, Tensor]:  # DDP calls forward
+        return self.loss(batch)
+
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-modality vectors in the common space (rows of missing modalities are meaningless)."""
+        raise NotImplementedError
+
+    def embed(self, batch: Batch) -> Tensor:
+        """The joint vector from whatever modalities are present."""
+        raise NotImplementedError
+
+    def fit_closed_form(self, data: MultimodalDataset, split: str = "train") -> None:
+        """For models with ``trainable = False``: fit directly from data."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- checks
+    def check_data(self, data: MultimodalDataset) -> None:
+        """Fail before training when the data does not fit this model."""
+        missing = [m for m in self.modalities if m not in data.features]
+        if missing:
+            raise DataError(f"the data lacks modalities {missing} that this {self.name} model was built for; "
+                            f"data has {list(data.modalities)}")
+        for m in self.modalities:
+            if tuple(data.dims[m]) != self.dims[m]:
+                raise DataError(f"modality {m!r} has shape {data.dims[m]} but the model expects {self.dims[m]}; "
+                                "use a model built for these dimensions")
+
+    @torch.no_grad()
+    def apply_batches(self, data: MultimodalDataset, fn: Callable[[Batch], Any], index: Tensor | str | None = None,
+                      batch_size: int = 1024) -> Any:
+        """Run ``fn`` over the data in eval mode and concatenate tensors (or dicts of tensors)."""
+        self.check_data(data)
+        was = self.training
+        self.eval()
+        dev = next(iter(self.parameters()), torch.empty(0)).device
+        outs = [fn(b.to(dev)) for b in data.select(list(self.modalities)).iter_batches(index, batch_size)]
+        self.train(was)
+        if isinstance(outs[0], dict):
+            return {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
+        return torch.cat(outs).cpu()
+
+    def encode_dataset(self, data: MultimodalDataset, index: Tensor | str | None = None) -> dict[str, Tensor]:
+        return self.apply_batches(data, self.encode, index)
+
+    def embed_dataset(self, data: MultimodalDataset, index: Tensor | str | None = None) -> Tensor:
+        return self.apply_batches(data, self.embed, index)
+
+
+_REGISTRY: dict[str, type[MultimodalModel]] = {}
+
+
+def register(name: str) -> Callable[[type[MultimodalModel]], type[MultimodalModel]]:
+    def deco(cls: type[MultimodalModel]) -> type[MultimodalModel]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_all() -> None:
+    import commonspace.models  # noqa: F401  (registers the methods)
+
+
+def available_models() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def model_class(name: str) -> type[MultimodalModel]:
+    _load_all()
+    if name not in _REGISTRY:
+        raise DataError(f"unknown model {name!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def create(name: str, dims: Mapping[str, Iterable[int] | int], **hparams: Any) -> MultimodalModel:
+    """Build a registered model: ``create("bidnn", dims={"image": 128, "text": 10}, hidden=200)``."""
+    cls = model_class(name)
+    try:
+        return cls(dims, **hparams)
+    except TypeError as exc:
+        raise DataError(f"bad hyper-parameters for {name!r}: {exc}") from exc
