@@ -27,7 +27,13 @@ def _as_tensor(x: object, what: str) -> Tensor:
     if isinstance(x, Tensor):
         return x.detach().cpu()
     try:
-        return torch.as_tensor(np.asarray(x))
+        arr = np.asarray(x)
+        # torch rejects non-native byte order (big-endian .mat/HDF5 data) and wide unsigned ints
+        if arr.dtype.byteorder not in ("=", "|"):
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        if arr.dtype.kind == "u" and arr.dtype.itemsize > 1:
+            arr = arr.astype(np.int64)
+        return torch.as_tensor(arr)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{what}: cannot convert to an array ({exc}); pass a numpy array or tensor") from exc
 
@@ -186,6 +192,9 @@ class MultimodalDataset:
                 if t.shape != (n,):
                     raise DataError(f"boolean split {s!r} must have shape ({n},)")
                 t = torch.nonzero(t).flatten()
+            if t.is_floating_point() and not torch.all(t == torch.round(t)):
+                # a silent cast would truncate 1.5 -> 1 and address the wrong rows
+                raise DataError(f"split {s!r} has non-integer indices; pass integer row indices")
             t = t.reshape(-1).to(torch.int64)
             if t.numel() == 0:
                 raise DataError(f"split {s!r} is empty; give it at least one sample or leave it out")
@@ -227,6 +236,9 @@ class MultimodalDataset:
         return self.splits[name]
 
     def check_modalities(self, names: Sequence[str]) -> None:
+        if isinstance(names, str):
+            # a bare string would be read as a sequence of one-letter names
+            raise DataError(f"pass a list of modality names, e.g. [{names!r}], not a string")
         unknown = [m for m in names if m not in self.features]
         if unknown:
             raise DataError(f"unknown modalities {unknown}; {self.name!r} has {list(self.modalities)}")
@@ -296,6 +308,8 @@ class MultimodalDataset:
             raise DataError(f"fraction must be in [0, 1], got {fraction}")
         if len(self.modalities) < 2:
             raise DataError("dropping modalities needs at least two modalities")
+        if keep is not None:
+            self.check_modalities([keep])
         g = torch.Generator().manual_seed(seed)
         idx = self.split(split) if split else torch.arange(self.n)
         full = idx[self.mask[idx].all(1)]
