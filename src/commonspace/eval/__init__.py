@@ -1,0 +1,14 @@
+"""Evaluation: retrieval metrics (P@K, mAP@K, MAP) and classification probes."""
+
+from commonspace.eval.probe import classification_map, logistic_probe, mlp_probe
+from commonspace.eval.retrieval import METRICS, cross_modal_retrieval, retrieval_metrics, similarity
+
+__all__ = [
+    "METRICS",
+    "classification_map",
+    "cross_modal_retrieval",
+    "logistic_probe",
+    "mlp_probe",
+    "retrieval_metrics",
+    "similarity",
+]

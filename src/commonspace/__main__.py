@@ -1,0 +1,3 @@
+from commonspace.cli import main
+
+main()

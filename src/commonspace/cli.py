@@ -1,0 +1,298 @@
+"""The ``commonspace`` command line: datasets, models, train, embed, evaluate, translate, bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Learn joint representations of multimodal data, search them and benchmark them.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(code)
+
+
+def _is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _parse_sets(items: list[str] | None) -> dict[str, Any]:
+    hp: dict[str, Any] = {}
+    for it in items or []:
+        if "=" not in it:
+            _fail(f"--set expects key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            hp[k] = json.loads(v)
+        except json.JSONDecodeError:
+            hp[k] = v
+    return hp
+
+
+def _split_list(s: str | None) -> list[str] | None:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def _model_dir(path: Path) -> Path:
+    return path / "model" if (path / "model" / "config.json").exists() else path
+
+
+def _guard(fn: Any) -> Any:
+    """Turn data and checkpoint errors into one clear line and exit code 2, never a traceback."""
+    import functools
+
+    from commonspace.data.dataset import DataError
+
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **k: Any) -> Any:
+        try:
+            return fn(*a, **k)
+        except (DataError, FileNotFoundError) as exc:
+            _fail(str(exc))
+
+    return wrapper
+
+
+@app.command()
+@_guard
+def datasets() -> None:
+    """List the builtin datasets with their sizes and whether they need external data."""
+    from commonspace.data import builtin
+
+    t = Table(title="builtin datasets")
+    for c in ("name", "modalities", "samples", "classes", "splits", "needs", "description"):
+        t.add_column(c)
+    for d in builtin.available():
+        t.add_row(d["name"], str(d.get("modalities", "")), str(d.get("samples", "")), str(d.get("classes", "")),
+                  str(d.get("splits", "")), str(d.get("needs", "")), str(d.get("description", "")))
+    out.print(t)
+
+
+@app.command()
+def models() -> None:
+    """List the registered models."""
+    from commonspace.models.base import available_models, model_class
+
+    t = Table(title="models")
+    t.add_column("name")
+    t.add_column("description")
+    for n in available_models():
+        doc = (model_class(n).__doc__ or "").strip().splitlines()
+        t.add_row(n, doc[0] if doc else "")
+    out.print(t)
+
+
+@app.command()
+@_guard
+def train(
+    data: Annotated[str, typer.Option(help="builtin name, .npz file or .toml spec")],
+    model: Annotated[str, typer.Option(help="model name (see `commonspace models`)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="run folder: model/, checkpoint/, log.jsonl")],
+    modalities: Annotated[str | None, typer.Option(help="comma-separated modalities to use")] = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs per stage (default: the model's)")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam or sgd (Nesterov)")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    patience: Annotated[int | None, typer.Option(help="early-stopping patience in epochs")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="model hyper-parameter key=value")] = None,
+    standardize: Annotated[bool, typer.Option(help="standardise each modality on train")] = True,
+    resume: Annotated[bool, typer.Option(help="continue from --out/checkpoint if present")] = True,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    data_root: Annotated[Path | None, typer.Option(help="folder holding external datasets")] = None,
+) -> None:
+    """Train a model on a dataset and save it (safetensors + JSON) under --out/model."""
+    from commonspace.data.dataset import Standardizer
+    from commonspace.data.resolve import ensure_splits, resolve_data
+    from commonspace.models.base import create
+    from commonspace.train import TrainConfig, Trainer
+    from commonspace.train.checkpoint import save_model
+
+    ds = resolve_data(data, _split_list(modalities), root=data_root)
+    ds, note = ensure_splits(ds, seed=seed)
+    if note and _is_rank0():
+        console.print(f"[yellow]note:[/yellow] {note}")
+    std = None
+    if standardize and ds.features and all(len(d) == 1 for d in ds.dims.values()):
+        std = Standardizer().fit(ds, "train")
+        ds = std.transform(ds)
+    m = create(model, ds.dims, **_parse_sets(set_))
+    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                                   "patience": patience}.items() if v is not None}
+    cfg = TrainConfig.for_model(m, seed=seed, out_dir=out_dir, progress=progress, **overrides)
+    val = "val" if "val" in ds.splits else None
+    history = Trainer(m, cfg).fit(ds, train="train", val=val, resume=resume)
+    if _is_rank0():
+        save_model(out_dir / "model", m, standardizer=std,
+                   meta={"data": data, "modalities": list(ds.modalities), "train": cfg.to_dict()})
+        last = history[-1] if history else {}
+        console.print(f"saved {out_dir / 'model'}; last epoch: "
+                      + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
+
+
+def _load(model_path: Path, data: str, modalities: str | None, data_root: Path | None):
+    from commonspace.data.resolve import resolve_data
+    from commonspace.train.checkpoint import load_model
+
+    loaded = load_model(_model_dir(model_path))
+    mods = _split_list(modalities) or list(loaded.model.modalities)
+    ds = resolve_data(data, mods, root=data_root)
+    if loaded.standardizer is not None:
+        ds = loaded.standardizer.transform(ds)
+    loaded.model.check_data(ds)
+    return loaded.model, ds
+
+
+def _index(ds, split: str | None):
+    if split in (None, "all"):
+        return None
+    return ds.split(split)
+
+
+@app.command()
+@_guard
+def embed(
+    model: Annotated[Path, typer.Option(help="run folder or model folder")],
+    data: Annotated[str, typer.Option(help="builtin name, .npz file or .toml spec")],
+    out_path: Annotated[Path, typer.Option("--out", help=".npz or .parquet file to write")],
+    split: Annotated[str, typer.Option(help="split name, or 'all'")] = "all",
+    modalities: Annotated[str | None, typer.Option()] = None,
+    data_root: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Write per-modality encodings (enc_<m>), the joint embedding (joint), mask and labels."""
+    from commonspace.data.io import save_embeddings
+
+    m, ds = _load(model, data, modalities, data_root)
+    idx = _index(ds, split)
+    enc = m.encode_dataset(ds, idx)
+    joint = m.embed_dataset(ds, idx)
+    b = ds.batch(idx)
+    arrays = {f"enc_{k}": v for k, v in enc.items()}
+    arrays.update(joint=joint, mask=b.mask, index=b.index)
+    if b.labels is not None:
+        arrays["labels"] = b.labels
+    save_embeddings(out_path, arrays, meta={"model": m.name, "modalities": list(m.modalities), "split": split})
+    console.print(f"wrote {out_path}: joint {tuple(joint.shape)}, "
+                  + ", ".join(f"{k} {tuple(v.shape)}" for k, v in enc.items()))
+
+
+@app.command()
+@_guard
+def evaluate(
+    model: Annotated[Path, typer.Option(help="run folder or model folder")],
+    data: Annotated[str, typer.Option(help="builtin name, .npz file or .toml spec")],
+    split: Annotated[str, typer.Option(help="the split that queries itself")] = "test",
+    k: Annotated[int, typer.Option(help="cut-off for P@K and mAP@K")] = 10,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the metrics as JSON")] = None,
+    modalities: Annotated[str | None, typer.Option()] = None,
+    data_root: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Retrieval on a split: every query modality against every database modality, and the joint space."""
+    import torch
+
+    from commonspace.bench.report import write_atomic
+    from commonspace.eval.retrieval import cross_modal_retrieval, retrieval_metrics
+
+    m, ds = _load(model, data, modalities, data_root)
+    if ds.labels is None:
+        _fail("evaluation needs labels (relevance = shares a label); the data has none")
+    idx = ds.split(split)
+    b = ds.batch(idx)
+    enc = m.encode_dataset(ds, idx)
+    res: dict[str, dict] = {}
+    cm = cross_modal_retrieval(enc, b.labels, b.mask, m.modalities, ks=(k,), exclude_self=True, map_at=(k,),
+                               include_same=True)
+    res.update(cm)
+    joint = m.embed_dataset(ds, idx)
+    res["joint"] = retrieval_metrics(joint, joint, b.labels, b.labels, ks=(k,), map_at=(k,),
+                                     exclude_self=torch.arange(len(b)))
+    t = Table(title=f"{m.name} on {data} [{split}], {len(b)} items")
+    keys = [f"p@{k}", f"map@{k}", "map"]
+    t.add_column("query -> database")
+    for c in (f"P@{k}", f"mAP@{k}", "mAP (full ranking)", "queries"):
+        t.add_column(c, justify="right")
+    clean: dict[str, dict] = {}
+    for name, r in res.items():
+        clean[name] = {kk: (float(v) if isinstance(v, int | float) or getattr(v, "ndim", 1) == 0 else None)
+                       for kk, v in r.items()}
+        t.add_row(name, *[f"{float(r[c]):.4f}" if c in r else "-" for c in keys], str(r.get("queries", "")))
+    out.print(t)
+    if json_out:
+        write_atomic(json_out, json.dumps(clean, indent=2))
+        console.print(f"wrote {json_out}")
+
+
+@app.command()
+@_guard
+def translate(
+    model: Annotated[Path, typer.Option(help="run folder or model folder")],
+    data: Annotated[str, typer.Option()],
+    target: Annotated[str, typer.Option(help="the modality to produce")],
+    out_path: Annotated[Path, typer.Option("--out")],
+    split: Annotated[str, typer.Option()] = "all",
+    data_root: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Crossmodal translation into --target from the other modality (models that support it)."""
+    from commonspace.data.io import save_embeddings
+
+    m, ds = _load(model, data, None, data_root)
+    if not hasattr(m, "translate"):
+        _fail(f"model {m.name!r} cannot translate; use bidnn or ae_split")
+    if target not in m.modalities:
+        _fail(f"unknown target modality {target!r}; the model has {list(m.modalities)}")
+    idx = _index(ds, split)
+    y = m.apply_batches(ds, lambda bt: m.translate(bt, target), idx)
+    save_embeddings(out_path, {f"translated_{target}": y, "index": ds.batch(idx).index},
+                    meta={"model": m.name, "target": target})
+    console.print(f"wrote {out_path}: translated_{target} {tuple(y.shape)}")
+
+
+@app.command()
+def bench(
+    name: Annotated[str | None, typer.Argument(help="benchmark spec name; omit to list them")] = None,
+    quick: Annotated[bool, typer.Option(help="a short run (minutes on 2 CPU cores)")] = False,
+    seeds: Annotated[int, typer.Option(help="number of seeds (0..n-1)")] = 5,
+    out_dir: Annotated[Path, typer.Option("--out", help="where JSON and Markdown go")] = Path("bench-results"),
+    data_root: Annotated[Path | None, typer.Option(help="folder holding external datasets")] = None,
+    datasets_: Annotated[str | None, typer.Option("--datasets", help="comma-separated dataset keys")] = None,
+    progress: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Run a paper's protocol and print our numbers beside the paper's."""
+    import torch
+
+    from commonspace.bench.runner import BenchContext, available_specs, run_spec
+
+    specs = available_specs()
+    if name is None:
+        t = Table(title="benchmarks (commonspace bench NAME [--quick])")
+        t.add_column("name")
+        t.add_column("what")
+        for s in specs:
+            t.add_row(s.name, s.description)
+        out.print(t)
+        return
+    if name not in {s.name for s in specs}:
+        _fail(f"unknown benchmark {name!r}; available: {[s.name for s in specs]}")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    ctx = BenchContext(quick=quick, seeds=list(range(seeds)), out_dir=out_dir / name, data_root=data_root,
+                       console=out, progress=progress, datasets=_split_list(datasets_))
+    run_spec(name, ctx)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""Ranking metrics for (cross-modal) retrieval: P@K, mAP@K, MAP over the full ranking, R-precision.
+
+Every definition is written out in ``docs/metrics.md``. In short, for one query with relevance ``rel(k)``
+of the item at rank ``k`` (1-based, after exclusion) and ``R`` relevant items in the database:
+
+* ``P@K  = (1/K) * sum_{k<=K} rel(k)``, with K capped at the database size (minus the excluded item);
+* ``AP   = (1/R) * sum_k P@k * rel(k)`` over the full ranking; ``MAP`` is its mean over queries;
+* ``AP@K = (1/R_K) * sum_{k<=K} P@k * rel(k)`` with ``R_K`` the relevant items among the top K
+  (``ap_at_k_norm="retrieved"``, the DCMH / hashing convention) or ``min(R, K)`` (``"min"``);
+* ``R-precision = P@R``.
+
+Ties in score are broken stably by database index (the lower index ranks first). Queries with no relevant
+item in the database (``R = 0``) are left out of every metric and counted in ``excluded_queries``.
+
+Everything is vectorised in torch and chunked over queries, so memory is bounded by
+``chunk_size x database`` elements whatever the number of queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from commonspace.data.dataset import DataError
+
+__all__ = ["similarity", "retrieval_metrics", "cross_modal_retrieval", "METRICS"]
+
+METRICS = ("cosine", "euclidean", "dot")
+#: elements of one (queries x database) chunk when ``chunk_size`` is not given (~16M: a few hundred MB peak)
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _tensor(x: object, what: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.detach()
+    try:
+        return torch.as_tensor(np.asarray(x))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{what}: cannot convert to an array ({exc}); pass a numpy array or tensor") from exc
+
+
+def _float(x: Tensor) -> Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+
+
+def similarity(query: Tensor, database: Tensor, metric: str = "cosine") -> Tensor:
+    """(Q, D) similarity, higher = more similar.
+
+    ``cosine``: dot product of L2-normalised rows (a zero vector has similarity 0 to everything, no NaN);
+    ``dot``: plain inner product; ``euclidean``: the negative Euclidean distance.
+    """
+    q = _float(_tensor(query, "query"))
+    d = _float(_tensor(database, "database"))
+    if q.ndim != 2 or d.ndim != 2 or q.shape[1] != d.shape[1]:
+        raise DataError(f"query {tuple(q.shape)} and database {tuple(d.shape)} must be (Q, d) and (D, d) "
+                        "with the same d")
+    if q.dtype != d.dtype:
+        q, d = q.to(torch.float64), d.to(torch.float64)
+    if metric == "cosine":
+        # normalize divides by max(norm, eps): a zero row stays zero, so its similarities are 0, not NaN
+        return F.normalize(q, dim=1) @ F.normalize(d, dim=1).T
+    if metric == "dot":
+        return q @ d.T
+    if metric == "euclidean":
+        # |q|^2 + |d|^2 - 2 q.d through one matmul; clamp because rounding can make it slightly negative
+        d2 = (q * q).sum(1, keepdim=True) + (d * d).sum(1) - 2.0 * (q @ d.T)
+        return d2.clamp_min_(0.0).sqrt_().neg_()
+    raise DataError(f"unknown metric {metric!r}; use one of {METRICS}")
+
+
+_LAST = 0x7FFFFFFF << 32  # key high part above every finite or infinite score: sorts last
+
+
+def _rank_keys(sc: Tensor, out: Tensor, tmp: Tensor, db_index: Tensor) -> None:
+    """Pack (descending float32 score, database index) into int64 keys whose ascending order is the ranking.
+
+    The keys are unique, so any (fast, unstable) sort of them gives the stable ranking: equal scores stay
+    in database-index order. ``sc`` is overwritten.
+    """
+    sc.add_(0.0)  # -0.0 + 0.0 = +0.0: the two zeros must tie
+    k = sc.view(torch.int32)
+    # IEEE floats order like sign-magnitude ints; flipping the magnitude bits of negatives makes it two's
+    # complement order (arithmetic shift gives -1 for negatives, 0 otherwise)
+    torch.bitwise_right_shift(k, 31, out=tmp).bitwise_and_(0x7FFFFFFF)
+    k.bitwise_xor_(tmp)
+    k.bitwise_not_()  # ~k = -k - 1 without overflow: highest score gets the smallest key
+    out.copy_(k)
+    out.bitwise_left_shift_(32).bitwise_or_(db_index)
+
+
+def _sort_rows(keys: Tensor, pool: ThreadPoolExecutor | None, threads: int) -> None:
+    """Sort each row in place; numpy's sort releases the GIL, so row blocks sort in parallel threads."""
+    a = keys.numpy()
+    if pool is None or a.shape[0] < 2:
+        a.sort(axis=1)
+        return
+    bounds = np.linspace(0, a.shape[0], min(threads, a.shape[0]) + 1).astype(int)
+    list(pool.map(lambda lo_hi: a[lo_hi[0]:lo_hi[1]].sort(axis=1), zip(bounds[:-1], bounds[1:], strict=True)))
+
+
+def _check_labels(query_labels: object, db_labels: object, nq: int, nd: int) -> tuple[Tensor, Tensor, bool]:
+    ql = _tensor(query_labels, "query_labels")
+    dl = _tensor(db_labels, "db_labels")
+    if ql.ndim == 2 and ql.shape[1] == 1 and dl.ndim == 2 and dl.shape[1] == 1:
+        ql, dl = ql[:, 0], dl[:, 0]
+    if ql.ndim != dl.ndim or ql.ndim not in (1, 2):
+        raise DataError(f"query_labels {tuple(ql.shape)} and db_labels {tuple(dl.shape)} must both be (N,) "
+                        "class ids or both (N, C) 0/1 multi-label indicators")
+    if ql.shape[0] != nq or dl.shape[0] != nd:
+        raise DataError(f"{ql.shape[0]} query labels for {nq} queries and {dl.shape[0]} database labels for "
+                        f"{nd} database items; give one label row per item")
+    multi = ql.ndim == 2
+    if multi:
+        if ql.shape[1] != dl.shape[1]:
+            raise DataError(f"query_labels have {ql.shape[1]} classes but db_labels {dl.shape[1]}")
+        for t, w in ((ql, "query_labels"), (dl, "db_labels")):
+            if not torch.all((t == 0) | (t == 1)):
+                raise DataError(f"{w}: multi-label indicators must be 0/1 or boolean")
+        # float matmul counts shared labels; > 0 means relevant
+        ql, dl = ql.to(torch.float32), dl.to(torch.float32)
+    else:
+        if ql.is_floating_point() or dl.is_floating_point():
+            if not (torch.all(ql == ql.round()) and torch.all(dl == dl.round())):
+                raise DataError("single-label labels must be integer class ids")
+        ql, dl = ql.to(torch.int64), dl.to(torch.int64)
+    return ql, dl, multi
+
+
+def _check_exclude(exclude_self: object, nq: int, nd: int) -> Tensor | None:
+    if exclude_self is None or exclude_self is False:
+        return None
+    if exclude_self is True:
+        # the query set is the database, in the same order
+        if nq != nd:
+            raise DataError(f"exclude_self=True needs the queries to be the database ({nq} queries, {nd} items); "
+                            "pass the database index of each query instead")
+        return torch.arange(nq)
+    ex = _tensor(exclude_self, "exclude_self").reshape(-1)
+    if ex.numel() != nq or ex.is_floating_point() or ex.dtype == torch.bool:
+        raise DataError(f"exclude_self must be an integer ({nq},) tensor: the database index of each query's "
+                        "own item, or -1 for none")
+    ex = ex.to(torch.int64)
+    if ((ex < -1) | (ex >= nd)).any():
+        raise DataError(f"exclude_self holds indices outside [-1, {nd}); use -1 for 'nothing to exclude'")
+    return ex
+
+
+def retrieval_metrics(
+    query_emb: Tensor | None,
+    db_emb: Tensor | None,
+    query_labels: Tensor,
+    db_labels: Tensor,
+    ks: Sequence[int] = (10,),
+    metric: str = "cosine",
+    exclude_self: Tensor | bool | None = None,
+    map_at: Sequence[int] | None = None,
+    scores: Tensor | None = None,
+    *,
+    r_precision: bool = False,
+    per_query: bool = False,
+    ap_at_k_norm: Literal["retrieved", "min"] = "retrieved",
+    chunk_size: int | None = None,
+) -> dict:
+    """Rank the database for every query and score the ranking against shared labels.
+
+    Relevance: same class id (labels ``(N,)``) or at least one shared label (0/1 ``(N, C)``).
+    ``exclude_self[i]`` is the database index removed from query i's ranking (-1: none; ``True``: the
+    queries are the database, item i is removed from query i's ranking). ``scores``
+    (Q, D), higher = more similar, replaces the embeddings (e.g. a weighted sum of similarity matrices).
+
+    Returns ``{"p@K": ..., "map@K": ..., "map": ..., ["r_precision": ...], "queries": evaluated,
+    "excluded_queries": queries with no relevant item, "database": D}`` with means over evaluated queries,
+    plus ``"per_query"`` (Q-long float arrays, NaN for excluded queries, and the ``"evaluated"`` mask)
+    when ``per_query=True``.
+    """
+    if scores is not None:
+        if query_emb is not None or db_emb is not None:
+            raise DataError("pass either embeddings or precomputed scores, not both (set the embeddings to None)")
+        scores = _float(_tensor(scores, "scores"))
+        if scores.ndim != 2:
+            raise DataError(f"scores must be a (queries, database) matrix, got shape {tuple(scores.shape)}")
+        nq, nd = scores.shape
+        if torch.isnan(scores).any():
+            raise DataError("scores contain NaN; rankings are undefined, fix the similarity first")
+        scores = scores.to(torch.float32)
+    else:
+        if query_emb is None or db_emb is None:
+            raise DataError("pass query_emb and db_emb, or scores=")
+        query_emb, db_emb = _tensor(query_emb, "query_emb"), _tensor(db_emb, "db_emb")
+        if query_emb.ndim != 2 or db_emb.ndim != 2 or query_emb.shape[1] != db_emb.shape[1]:
+            raise DataError(f"query_emb {tuple(query_emb.shape)} and db_emb {tuple(db_emb.shape)} must be "
+                            "(Q, d) and (D, d) with the same d")
+        if metric not in METRICS:
+            raise DataError(f"unknown metric {metric!r}; use one of {METRICS}")
+        nq, nd = query_emb.shape[0], db_emb.shape[0]
+        for t, w in ((query_emb, "query_emb"), (db_emb, "db_emb")):
+            if not torch.isfinite(t).all():
+                raise DataError(f"{w} contains NaN or inf; similarities and rankings would be undefined")
+        if metric == "cosine":
+            # normalise once instead of once per chunk; then every chunk is a plain matmul
+            query_emb, db_emb = F.normalize(_float(query_emb), dim=1), F.normalize(_float(db_emb), dim=1)
+            metric = "dot"
+    if nd == 0:
+        raise DataError("the database is empty")
+    ql, dl, multi = _check_labels(query_labels, db_labels, nq, nd)
+    ex = _check_exclude(exclude_self, nq, nd)
+    ks = [int(k) for k in ks]
+    map_at = [int(k) for k in (map_at or ())]
+    if any(k < 1 for k in ks + map_at):
+        raise DataError(f"cut-offs must be >= 1, got ks={ks} map_at={map_at}")
+    if ap_at_k_norm not in ("retrieved", "min"):
+        raise DataError(f"ap_at_k_norm must be 'retrieved' or 'min', got {ap_at_k_norm!r}")
+    if chunk_size is None:
+        chunk_size = max(1, min(1024, _CHUNK_ELEMENTS // nd))
+    elif chunk_size < 1:
+        raise DataError(f"chunk_size must be >= 1, got {chunk_size}")
+    # counts are exact in float32 up to 2^24; beyond that keep them in float64
+    acc = torch.float32 if nd < (1 << 24) else torch.float64
+    if nd >= (1 << 31):
+        raise DataError(f"a database of {nd} items is too large for one ranking; split it")
+
+    out_r = torch.zeros(nq, dtype=torch.int64)
+    out_ap = torch.zeros(nq, dtype=torch.float64)
+    out_p = {k: torch.zeros(nq, dtype=torch.float64) for k in ks}
+    out_apk = {k: torch.zeros(nq, dtype=torch.float64) for k in map_at}
+    out_rp = torch.zeros(nq, dtype=torch.float64) if r_precision else None
+    db_t = _float(db_emb) if scores is None else None
+    pos = torch.arange(1, nd + 1, dtype=acc)  # 1-based rank of each sorted position
+    inv_pos = 1.0 / pos
+    kmax = min(nd, max(map_at)) if map_at else 0
+    # buffers reused by every chunk: fresh multi-MB allocations page-fault and cost as much as the arithmetic
+    c = min(chunk_size, nq)
+    buf_f = torch.empty(c, nd, dtype=torch.float32)
+    buf_k = torch.empty(c, nd, dtype=torch.int64)
+    buf_i = torch.empty(c, nd, dtype=torch.int32)
+    buf_rdb = torch.empty(c, nd, dtype=torch.bool)
+    buf_rel = torch.empty(c, nd, dtype=torch.bool)
+    buf_h = torch.empty(c, nd, dtype=acc)
+    db_index = torch.arange(nd, dtype=torch.int64)
+    threads = max(1, min(torch.get_num_threads(), 8))
+    pool = ThreadPoolExecutor(threads) if threads > 1 and nq * nd >= (1 << 16) else None
+    try:
+        for s in range(0, nq, chunk_size):
+            e = min(nq, s + chunk_size)
+            m = e - s
+            rows = torch.arange(m)
+            sc = buf_f[:m]
+            if scores is not None:
+                sc.copy_(scores[s:e])
+            elif metric == "dot" and query_emb.dtype == db_t.dtype == torch.float32:
+                torch.mm(query_emb[s:e], db_t.T, out=sc)
+            else:
+                sc.copy_(similarity(query_emb[s:e], db_t, metric))
+            keys = buf_k[:m]
+            _rank_keys(sc, keys, buf_i[:m], db_index)
+            n_db = torch.full((m,), nd, dtype=torch.int64)
+            has = None
+            if ex is not None:
+                exc = ex[s:e]
+                has = exc >= 0
+                # the excluded item gets the largest key: it sorts last, below every real score, and is never
+                # relevant, so the first (D - 1) positions are exactly the ranking without it
+                keys[rows[has], exc[has]] = _LAST | exc[has]
+                n_db -= has.to(torch.int64)
+            _sort_rows(keys, pool, threads)
+            order = keys.bitwise_and_(0xFFFFFFFF)  # the low 32 bits are the database index
+            # relevance in database order, then gathered into rank order
+            rel_db = buf_rdb[:m]
+            if multi:
+                torch.mm(ql[s:e], dl.T, out=sc)  # shared-label counts (the scores are no longer needed)
+                torch.gt(sc, 0, out=rel_db)
+            else:
+                torch.eq(ql[s:e, None], dl[None, :], out=rel_db)
+            if has is not None:
+                rel_db[rows[has], exc[has]] = False
+            rel = torch.gather(rel_db, 1, order, out=buf_rel[:m])
+            hits = torch.cumsum(rel, 1, dtype=acc, out=buf_h[:m])  # relevant items at or above each position
+            r_count = hits[:, -1].to(torch.int64)  # the excluded item is irrelevant, so this is R
+
+            def hits_at(k: Tensor, hits: Tensor = hits) -> Tensor:
+                """Relevant items among the first k ranks (k >= 1, per query)."""
+                return hits.gather(1, (k - 1)[:, None])[:, 0].to(torch.float64)
+
+            out_r[s:e] = r_count
+            r_f = r_count.to(torch.float64)
+            for k in ks:
+                kk = n_db.clamp(max=k).clamp_min(1)
+                out_p[k][s:e] = hits_at(kk) / kk.to(torch.float64)
+            if out_rp is not None:
+                rr = r_count.clamp(min=1)
+                out_rp[s:e] = hits_at(rr) / rr.to(torch.float64)
+            if map_at:
+                # P@k * rel(k) over the first K positions only
+                csum = (hits[:, :kmax] / pos[:kmax]).mul_(rel[:, :kmax]).cumsum(1, dtype=torch.float64)
+                for k in map_at:
+                    kk = n_db.clamp(max=k).clamp_min(1)
+                    num = csum.gather(1, (kk - 1)[:, None])[:, 0]
+                    den = hits_at(kk) if ap_at_k_norm == "retrieved" else torch.minimum(r_f, kk.to(torch.float64))
+                    # R_K = 0 (nothing relevant retrieved) contributes 0, not NaN
+                    out_apk[k][s:e] = torch.where(den > 0, num / den.clamp_min(1), torch.zeros_like(num))
+            # AP numerator sum_k rel(k) * hits(k) / k as one matrix-vector product (hits is not needed after)
+            ap_num = torch.mv(hits.mul_(rel), inv_pos)
+            out_ap[s:e] = ap_num.to(torch.float64) / r_f.clamp_min(1)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+    evaluated = out_r > 0
+    n_eval = int(evaluated.sum())
+
+    def mean(v: Tensor) -> float:
+        return float(v[evaluated].mean()) if n_eval else float("nan")
+
+    res: dict = {}
+    for k in ks:
+        res[f"p@{k}"] = mean(out_p[k])
+    for k in map_at:
+        res[f"map@{k}"] = mean(out_apk[k])
+    res["map"] = mean(out_ap)
+    if out_rp is not None:
+        res["r_precision"] = mean(out_rp)
+    res["queries"] = n_eval
+    res["excluded_queries"] = nq - n_eval
+    res["database"] = nd
+    if per_query:
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+
+        def arr(v: Tensor) -> np.ndarray:
+            return torch.where(evaluated, v, nan).numpy()
+
+        pq = {f"p@{k}": arr(out_p[k]) for k in ks}
+        pq.update({f"map@{k}": arr(out_apk[k]) for k in map_at})
+        pq["ap"] = arr(out_ap)
+        if out_rp is not None:
+            pq["r_precision"] = arr(out_rp)
+        pq["relevant"] = out_r.numpy()
+        pq["evaluated"] = evaluated.numpy()
+        res["per_query"] = pq
+    return res
+
+
+def _pair_key(q: str, d: str) -> str:
+    return f"{q}->{d}"
+
+
+def cross_modal_retrieval(
+    encoded: Mapping[str, Tensor],
+    labels: Tensor,
+    mask: Tensor | None,
+    modalities: Sequence[str],
+    pairs: Literal["all"] | Sequence[tuple[str, str]] = "all",
+    ks: Sequence[int] = (10,),
+    exclude_self: bool = True,
+    *,
+    include_same: bool = False,
+    query_index: Tensor | None = None,
+    database_index: Tensor | None = None,
+    **kwargs,
+) -> dict[str, dict]:
+    """Retrieval metrics for every (query modality -> database modality) pair, keyed ``"q->d"``.
+
+    ``encoded[m]`` is the (N, d) common-space vector of every item for modality ``m``; ``mask`` (N, M) in
+    ``modalities`` order says which modality each item has (all present when None). For pair ``q->d``
+    the queries are the items of ``query_index`` (default: all) whose ``q`` is present and the database
+    is the items of ``database_index`` (default: all) whose ``d`` is present.
+
+    ``pairs="all"`` is every ordered pair of distinct modalities, plus ``m->m`` when ``include_same``;
+    or list the ``(q, d)`` pairs. ``exclude_self`` matters only when ``q == d``: an item is then removed
+    from its own ranking (it would trivially rank first). Across modalities the paired item is kept: it is
+    a genuine, relevant match. Other keyword arguments go to :func:`retrieval_metrics`.
+    """
+    modalities = tuple(modalities)
+    missing = [m for m in modalities if m not in encoded]
+    if missing:
+        raise DataError(f"encoded has no vectors for modalities {missing}; it has {sorted(encoded)}")
+    y = _tensor(labels, "labels")
+    n = int(y.shape[0])
+    if mask is None:
+        mask_t = torch.ones(n, len(modalities), dtype=torch.bool)
+    else:
+        mask_t = _tensor(mask, "mask").to(torch.bool)
+        if tuple(mask_t.shape) != (n, len(modalities)):
+            raise DataError(f"mask has shape {tuple(mask_t.shape)}; expected ({n}, {len(modalities)}) = "
+                            f"(items, modalities in order {list(modalities)})")
+    for m in modalities:
+        if int(encoded[m].shape[0]) != n:
+            raise DataError(f"encoded[{m!r}] has {encoded[m].shape[0]} rows but there are {n} labels")
+    if pairs == "all":
+        pair_list = [(a, b) for a in modalities for b in modalities if a != b or include_same]
+    else:
+        pair_list = [tuple(p) for p in pairs]
+        bad = [p for p in pair_list if len(p) != 2 or p[0] not in modalities or p[1] not in modalities]
+        if bad:
+            raise DataError(f"pairs {bad} name unknown modalities; known: {list(modalities)}")
+    qi = torch.arange(n) if query_index is None else _tensor(query_index, "query_index").to(torch.int64)
+    di = torch.arange(n) if database_index is None else _tensor(database_index, "database_index").to(torch.int64)
+
+    out: dict[str, dict] = {}
+    for q, d in pair_list:
+        qsel = qi[mask_t[qi, modalities.index(q)]]
+        dsel = di[mask_t[di, modalities.index(d)]]
+        if qsel.numel() == 0 or dsel.numel() == 0:
+            raise DataError(f"pair {q}->{d}: no item has {q if qsel.numel() == 0 else d} present in the "
+                            "chosen queries/database")
+        ex = None
+        if exclude_self and q == d:
+            # database position of each query's own item (-1 when the item is not in the database)
+            where = torch.full((n,), -1, dtype=torch.int64)
+            where[dsel] = torch.arange(dsel.numel())
+            ex = where[qsel]
+        out[_pair_key(q, d)] = retrieval_metrics(
+            _tensor(encoded[q], q)[qsel], _tensor(encoded[d], d)[dsel], y[qsel], y[dsel], ks=ks,
+            exclude_self=ex, **kwargs)
+    return out

@@ -1,0 +1,488 @@
+"""The trainer: stages, optimiser, early stopping, DDP, checkpoints, logs and progress."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from commonspace.data.dataset import DataError, MultimodalDataset, Standardizer
+from commonspace.models.base import MultimodalModel, Stage
+from commonspace.train.checkpoint import (
+    CheckpointError,
+    apply_state,
+    check_compatible,
+    read_training_checkpoint,
+    save_model,
+    save_training_checkpoint,
+    state_for_saving,
+)
+from commonspace.train.config import RUNTIME_FIELDS, TrainConfig
+from commonspace.train.distributed import DistInfo, barrier, init_distributed, shard
+from commonspace.train.logging import Progress, RunLogger, log, require_tensorboard
+from commonspace.train.seed import get_rng_state, seed_everything, set_rng_state, shuffle_generator
+
+__all__ = ["Trainer", "ValMetric", "Callback"]
+
+#: ``val_metric(model, data, val_indices) -> float``; called on rank 0 with the model in eval mode
+ValMetric = Callable[[MultimodalModel, MultimodalDataset, Tensor], float]
+#: ``callback(trainer, record)`` after every epoch, once that epoch's checkpoint (if any) is on disk
+Callback = Callable[["Trainer", dict[str, Any]], None]
+
+_STATE_VERSION = 1
+
+
+def _normalise(obj: Any) -> Any:
+    """JSON round trip, so a fingerprint compares equal to one read back from disk."""
+    return json.loads(json.dumps(obj))
+
+
+def _unique(params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
+    seen: set[int] = set()
+    out = []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+class Trainer:
+    """Optimise a :class:`MultimodalModel` on a :class:`MultimodalDataset`.
+
+    ``Trainer(model, TrainConfig(epochs=50, out_dir="runs/x")).fit(data)`` returns one record per epoch.
+    Runs under ``torchrun`` become data-parallel without code changes (see docs/training.md).
+    """
+
+    def __init__(self, model: MultimodalModel, config: TrainConfig | None = None,
+                 val_metric: ValMetric | None = None, *, standardizer: Standardizer | None = None,
+                 callbacks: Sequence[Callback] = ()) -> None:
+        if not isinstance(model, MultimodalModel):
+            raise TypeError(f"Trainer needs a MultimodalModel, got {type(model).__name__}")
+        self.model = model
+        self.config = config if config is not None else TrainConfig.for_model(model)
+        if not isinstance(self.config, TrainConfig):
+            raise TypeError("config must be a TrainConfig (use TrainConfig.from_dict for a dict)")
+        self.val_metric = val_metric
+        self.standardizer = standardizer
+        self.callbacks = list(callbacks)
+        self.monitor, self.mode = self.config.resolved_monitor(val_metric is not None)
+        if self.monitor == "val_metric" and val_metric is None:
+            raise ValueError("monitor='val_metric' needs a val_metric callable: Trainer(model, config, val_metric=f)")
+        self.history: list[dict[str, Any]] = []
+        self.dist = DistInfo()
+        self.device = torch.device("cpu")
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.global_step = 0
+        #: a callback may set this to end the current stage after the epoch (like early stopping)
+        self.stop_stage = False
+
+    # ================================================================== public
+    def fit(self, data: MultimodalDataset, train: str = "train", val: str | None = "val",
+            resume: bool = True) -> list[dict[str, Any]]:
+        """Train through every stage; returns the per-epoch history (also ``self.history``).
+
+        ``val`` names the validation split; when it is None or absent from ``data`` validation is skipped.
+        With ``resume`` and an ``out_dir`` holding a checkpoint of the same run, training continues there.
+        """
+        cfg, model = self.config, self.model
+        # ---- everything that can fail on bad input fails here, before any training
+        if not isinstance(data, MultimodalDataset):
+            raise DataError(f"fit needs a MultimodalDataset, got {type(data).__name__}")
+        model.check_data(data)
+        if cfg.tensorboard:
+            if cfg.out_dir is None:
+                raise ValueError("tensorboard=True needs out_dir (event files go to out_dir/tensorboard)")
+            require_tensorboard()
+        if tuple(data.modalities) != model.modalities:
+            data = data.select(list(model.modalities))
+        self.dist = init_distributed(device=cfg.device)
+        train_idx = self._train_indices(data, train)
+        val_loss_idx, val_metric_idx = self._val_indices(data, val)
+        if self.val_metric is not None and val_metric_idx is None:
+            raise DataError(f"a val_metric was given but the data has no split {val!r} (splits: "
+                            f"{sorted(data.splits)}); add a validation split or pass val=<split name>")
+        available = {"val_loss": val_loss_idx is not None and model.trainable, "val_metric": val_metric_idx is not None,
+                     "train_loss": model.trainable}
+        track = available[self.monitor]
+        if cfg.patience is not None and not track:
+            raise DataError(f"early stopping (patience={cfg.patience}) monitors {self.monitor!r}, which needs a "
+                            f"validation split {val!r}; the data has splits {sorted(data.splits)}. Add one, pass "
+                            "val=<split>, or set patience=None")
+        self.device = self._resolve_device()
+        model.to(self.device)
+        if not model.trainable:
+            return self._fit_closed_form(data, train, val_metric_idx)
+
+        stages = self._check_stages(model.stages())
+        run = self._fingerprint(data, train, val, train_idx, val_loss_idx, stages)
+        out_dir = cfg.out_dir
+        main = self.dist.main
+
+        # ---- fresh start or resume
+        state: dict[str, Any] = {"version": _STATE_VERSION, "run": run, "stage_index": 0, "epoch": 0,
+                                 "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0,
+                                 "history": [], "optimizer_stage": None}
+        best_weights: dict[str, Tensor] | None = None
+        opt_state: dict[str, Any] | None = None
+        ckpt = read_training_checkpoint(out_dir / "checkpoint") if (resume and out_dir is not None) else None
+        if ckpt is not None:
+            self._check_resumable(ckpt.header, ckpt.state, run, out_dir)
+            apply_state(model, {k: v.to(self.device) for k, v in ckpt.weights.items()},
+                        source=f"checkpoint {ckpt.path}")
+            state = ckpt.state
+            best_weights, opt_state = ckpt.best, ckpt.optimizer
+            if main and ckpt.rng[0]:
+                set_rng_state(*ckpt.rng)
+            else:  # only rank 0's RNG is saved; other ranks continue from a stream fixed by the step
+                seed_everything(cfg.seed + self.dist.rank + 1_000_003 * int(state["global_step"]))
+        else:
+            seed_everything(cfg.seed + self.dist.rank)  # per-rank dropout masks; shuffling is shared
+        self.history = list(state["history"])
+        self.global_step = int(state["global_step"])
+
+        logger = RunLogger(out_dir if main else None, cfg.tensorboard and main, self.history)
+        flags = {id(p): p.requires_grad for p in model.parameters()}
+        was_training = model.training
+        try:
+            with Progress(cfg.progress and main) as bar:
+                for si in range(int(state["stage_index"]), len(stages)):
+                    self._run_stage(si, stages[si], state, data, train_idx, val_loss_idx, val_metric_idx, track,
+                                    best_weights, opt_state, logger, bar)
+                    best_weights, opt_state = None, None  # a resumed stage's leftovers never reach the next one
+        finally:
+            logger.close()
+            for p in model.parameters():
+                p.requires_grad_(flags.get(id(p), True))
+            model.train(was_training)
+            self.optimizer = None
+        model.set_stage(None)
+        if main and out_dir is not None:
+            save_model(out_dir / "model", model, self.standardizer, self._final_meta())
+        barrier()
+        return self.history
+
+    @torch.no_grad()
+    def evaluate(self, data: MultimodalDataset, index: Tensor | str) -> dict[str, float]:
+        """Mean of every loss term over ``index`` (a split name or indices) in eval mode."""
+        model = self.model
+        if isinstance(index, str):
+            index = data.split(index)
+        was = model.training
+        model.eval()
+        sums: dict[str, Tensor] = {}
+        n = 0
+        try:
+            for s in range(0, index.numel(), self.config.batch_size):
+                part = index[s:s + self.config.batch_size]
+                out = self._loss(model, data.batch(part).to(self.device))
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float().mean() * part.numel()
+                n += part.numel()
+        finally:
+            model.train(was)
+        return {k: float(v) / n for k, v in sums.items()}
+
+    # ============================================================ preparation
+    def _resolve_device(self) -> torch.device:
+        dev = torch.device(self.config.device)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"device={self.config.device!r} but CUDA is not available; use device='cpu'")
+            if self.dist.distributed:
+                return torch.device("cuda", self.dist.local_rank)  # one GPU per rank, whatever the index asked
+        return dev
+
+    def _train_indices(self, data: MultimodalDataset, train: str) -> Tensor:
+        idx = data.split(train)  # DataError naming the available splits
+        if self.model.requires_complete:
+            complete = data.mask.index_select(0, idx).all(1)
+            if not bool(complete.any()):
+                raise DataError(
+                    f"model {self.model.name!r} trains only on samples with every modality present, but none of "
+                    f"the {idx.numel()} samples of split {train!r} is complete; add paired samples to {train!r} "
+                    "or use a model that handles missing modalities")
+            idx = idx[complete]
+        if idx.numel() < self.dist.world_size:
+            raise DataError(f"split {train!r} has {idx.numel()} usable samples, fewer than the "
+                            f"{self.dist.world_size} data-parallel processes; use fewer processes or more data")
+        return idx
+
+    def _val_indices(self, data: MultimodalDataset, val: str | None) -> tuple[Tensor | None, Tensor | None]:
+        if val is None or val not in data.splits:
+            if val is not None and val != "val":
+                log.warning("no split %r in the data (splits: %s); training without validation", val,
+                            sorted(data.splits))
+            return None, None
+        idx = data.split(val)
+        loss_idx = idx
+        if self.model.requires_complete:
+            loss_idx = idx[data.mask.index_select(0, idx).all(1)]
+            if loss_idx.numel() == 0:
+                log.warning("no complete sample in split %r; val_loss is skipped", val)
+                loss_idx = None
+        return loss_idx, idx
+
+    def _check_stages(self, stages: Sequence[Stage]) -> list[Stage]:
+        if not stages:
+            raise ValueError(f"model {self.model.name!r} returned no training stages from stages()")
+        own = {id(p) for p in self.model.parameters()}
+        names = set()
+        for s in stages:
+            if not isinstance(s, Stage):
+                raise TypeError(f"stages() must return Stage objects, got {type(s).__name__}")
+            if s.name in names:
+                raise ValueError(f"two training stages are called {s.name!r}; stage names must be unique")
+            names.add(s.name)
+            if not s.parameters:
+                raise ValueError(f"stage {s.name!r} of model {self.model.name!r} has no parameters to train")
+            if any(id(p) not in own for p in s.parameters):
+                raise ValueError(f"stage {s.name!r} lists parameters that do not belong to the model")
+            if s.epochs is not None and s.epochs < 0:
+                raise ValueError(f"stage {s.name!r} has negative epochs")
+        return list(stages)
+
+    def _fingerprint(self, data: MultimodalDataset, train: str, val: str | None, train_idx: Tensor,
+                     val_idx: Tensor | None, stages: list[Stage]) -> dict[str, Any]:
+        """What must match for a checkpoint to be continued (not device, progress or logging choices)."""
+        cfg = {k: v for k, v in self.config.to_dict().items() if k not in RUNTIME_FIELDS}
+        return _normalise({
+            "model": self.model.name,
+            "model_config": self.model.config,
+            "train_config": cfg,
+            "monitor": [self.monitor, self.mode],
+            "stages": [[s.name, len(_unique(s.parameters)), s.epochs, s.lr] for s in stages],
+            "data": {"samples": data.n, "dims": {m: list(d) for m, d in data.dims.items()},
+                     "train": [train, int(train_idx.numel()), int(train_idx.sum())],
+                     "val": None if val_idx is None else [val, int(val_idx.numel()), int(val_idx.sum())]},
+        })
+
+    def _check_resumable(self, header: dict[str, Any], state: dict[str, Any], run: dict[str, Any],
+                         out_dir: Path) -> None:
+        fix = f"use a new out_dir or fit(..., resume=False) to start over in {out_dir}"
+        check_compatible(header["model"], header["config"], self.model, fix=fix)
+        old = state.get("run", {})
+        if old != run:
+            diffs = []
+            for key in sorted(set(old) | set(run)):
+                a, b = old.get(key), run.get(key)
+                if a == b:
+                    continue
+                if isinstance(a, dict) and isinstance(b, dict):
+                    diffs += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                              if a.get(k) != b.get(k)]
+                else:
+                    diffs.append(f"{key}: {a!r} -> {b!r}")
+            raise CheckpointError(f"{out_dir / 'checkpoint'} belongs to a different run (changed: "
+                                  f"{'; '.join(diffs[:6])}); {fix}")
+
+    # ================================================================ training
+    def _make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        cfg = self.config
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                   weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+
+    def _wrap(self) -> nn.Module:
+        if not self.dist.distributed:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        # built per stage: DDP registers gradient hooks only for parameters that require grad at wrap time
+        ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids,
+                                       find_unused_parameters=self.config.ddp_find_unused_parameters)
+
+    @staticmethod
+    def _loss(module: nn.Module, batch: Any) -> dict[str, Tensor]:
+        out = module(batch)  # forward == loss, so DDP sees the call
+        if not isinstance(out, dict) or "total" not in out:
+            raise TypeError("model.loss(batch) must return a dict of tensors with a 'total' entry")
+        return out
+
+    def _better(self, value: float | None, best: float | None) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        if best is None:
+            return True
+        return value < best if self.mode == "min" else value > best
+
+    def _run_stage(self, si: int, stage: Stage, state: dict[str, Any], data: MultimodalDataset, train_idx: Tensor,
+                   val_loss_idx: Tensor | None, val_metric_idx: Tensor | None, track: bool,
+                   best_weights: dict[str, Tensor] | None, opt_state: dict[str, Any] | None,
+                   logger: RunLogger, bar: Progress) -> None:
+        cfg, model = self.config, self.model
+        epochs = stage.epochs if stage.epochs is not None else cfg.epochs
+        model.set_stage(stage.name)
+        params = _unique(stage.parameters)
+        keep = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)  # frozen outside the stage: no grads, no DDP reduction
+        lr = stage.lr if stage.lr is not None else cfg.lr
+        self.optimizer = self._make_optimizer(params, lr)
+        if opt_state is not None and state.get("optimizer_stage") == si and int(state["epoch"]) > 0:
+            self.optimizer.load_state_dict(opt_state)
+        wrapped = self._wrap()
+        steps = math.ceil(train_idx.numel() / cfg.batch_size)
+        if cfg.max_steps_per_epoch is not None:
+            steps = min(steps, cfg.max_steps_per_epoch)
+        bar.start_stage(f"{stage.name}", total=max(epochs - int(state["epoch"]), 0) * steps)
+        self.stop_stage = False
+        for ep in range(int(state["epoch"]), epochs):
+            t0 = time.perf_counter()
+            train_means, n_samples, train_s = self._train_epoch(wrapped, params, data, train_idx, si, ep, bar)
+            val_loss, val_metric = self._validate(data, val_loss_idx, val_metric_idx)
+            value = {"val_loss": val_loss, "val_metric": val_metric, "train_loss": train_means["total"]}[self.monitor]
+            improved = track and self._better(value, state["best"])
+            if improved:
+                state["best"], state["best_epoch"], state["bad_epochs"] = value, ep + 1, 0
+                if cfg.restore_best:
+                    best_weights = {k: v.clone() for k, v in state_for_saving(model)[0].items()}
+            elif track:
+                state["bad_epochs"] = int(state["bad_epochs"]) + 1
+            record = {"epoch": ep + 1, "stage": stage.name, "stage_index": si, "step": self.global_step,
+                      "train": train_means, "val_loss": val_loss, "val_metric": val_metric,
+                      "lr": self.optimizer.param_groups[0]["lr"], "improved": bool(improved),
+                      "seconds": time.perf_counter() - t0,
+                      "samples_per_s": n_samples / train_s if train_s > 0 else None}
+            self.history.append(record)
+            logger.log(record, step=len(self.history))
+            bar.describe(f"{stage.name} {ep + 1}/{epochs} loss {train_means['total']:.4g}")
+            stop = cfg.patience is not None and int(state["bad_epochs"]) >= cfg.patience
+            done = stop or self.stop_stage or ep + 1 == epochs
+            state.update(epoch=ep + 1, global_step=self.global_step, history=self.history, optimizer_stage=si)
+            if done:
+                self._end_stage(si, state, best_weights)
+                best_weights = None
+            if done or (ep + 1) % cfg.checkpoint_every == 0:
+                self._checkpoint(state, stage, None if done else best_weights)
+            for cb in self.callbacks:
+                cb(self, record)
+            if not done and self.stop_stage:  # a callback ended the stage after this epoch's checkpoint
+                self._end_stage(si, state, best_weights)
+                self._checkpoint(state, stage, None)
+                done = True
+            if done:
+                return
+        # zero epochs (or resumed exactly at the end): nothing trained in this stage
+        self._end_stage(si, state, best_weights)
+
+    def _checkpoint(self, state: dict[str, Any], stage: Stage, best_weights: dict[str, Tensor] | None) -> None:
+        """Rank 0 writes the checkpoint; optimizer state only mid-stage (a new stage builds a new optimizer)."""
+        out_dir = self.config.out_dir
+        if not self.dist.main or out_dir is None:
+            return
+        mid = state["optimizer_stage"] is not None
+        save_training_checkpoint(out_dir / "checkpoint", model=self.model, state=state,
+                                 optimizer=self.optimizer if mid else None, best=best_weights if mid else None,
+                                 rng=get_rng_state(), meta={"stage": stage.name})
+
+    def _end_stage(self, si: int, state: dict[str, Any], best_weights: dict[str, Tensor] | None) -> None:
+        """Restore the stage's best weights and point the state at the next stage."""
+        if self.config.restore_best and best_weights is not None:
+            apply_state(self.model, {k: v.to(self.device) for k, v in best_weights.items()}, "best weights")
+            log.info("restored the best weights of stage %d (epoch %s, %s=%.4g)", si, state["best_epoch"],
+                     self.monitor, state["best"])
+        state.update(stage_index=si + 1, epoch=0, best=None, best_epoch=None, bad_epochs=0, optimizer_stage=None)
+
+    def _train_epoch(self, wrapped: nn.Module, params: list[nn.Parameter], data: MultimodalDataset,
+                     train_idx: Tensor, si: int, ep: int, bar: Progress) -> tuple[dict[str, float], int, float]:
+        cfg, model = self.config, self.model
+        rank, world = self.dist.rank, self.dist.world_size
+        model.train()
+        order = train_idx[torch.randperm(train_idx.numel(), generator=shuffle_generator(cfg.seed, si, ep))]
+        starts = range(0, order.numel(), cfg.batch_size)
+        if cfg.max_steps_per_epoch is not None:
+            starts = starts[:cfg.max_steps_per_epoch]
+        sums: dict[str, Tensor] = {}
+        count, samples = 0, 0
+        opt = self.optimizer
+        assert opt is not None
+        t0 = time.perf_counter()
+        for s in starts:
+            glob = order[s:s + cfg.batch_size]
+            if glob.numel() < world:  # a rank would get no sample; every rank skips it alike
+                continue
+            part, weight = shard(glob, rank, world)
+            out = self._loss(wrapped, data.batch(part).to(self.device))
+            opt.zero_grad(set_to_none=True)
+            (out["total"] * weight if weight != 1.0 else out["total"]).backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            self.global_step += 1
+            # summed as tensors: a .item() per step would synchronise a GPU every step
+            for k, v in out.items():
+                if isinstance(v, Tensor):
+                    sums[k] = sums.get(k, 0.0) + v.detach().float().mean() * part.numel()
+            count += part.numel()
+            samples += glob.numel()
+            bar.advance()
+        seconds = time.perf_counter() - t0
+        keys = list(sums)
+        if not keys:
+            raise DataError("no training step ran in this epoch (too few samples for the processes?)")
+        packed = torch.stack([sums[k].to(torch.float64) for k in keys] +
+                             [torch.tensor(float(count), dtype=torch.float64, device=sums[keys[0]].device)])
+        if self.dist.distributed:
+            dist.all_reduce(packed)
+        means = {k: float(packed[i] / packed[-1]) for i, k in enumerate(keys)}
+        if not math.isfinite(means["total"]):
+            raise FloatingPointError(
+                f"the training loss became {means['total']} in stage {si} epoch {ep + 1} (terms: {means}); lower "
+                f"the learning rate (lr={opt.param_groups[0]['lr']}), set grad_clip, or standardise the features")
+        return means, samples, seconds
+
+    def _validate(self, data: MultimodalDataset, loss_idx: Tensor | None,
+                  metric_idx: Tensor | None) -> tuple[float | None, float | None]:
+        """Computed on rank 0 and broadcast, so every rank takes the same early-stopping decision."""
+        if loss_idx is None and metric_idx is None:
+            return None, None
+        vals = [math.nan, math.nan]
+        if self.dist.main:
+            if loss_idx is not None:
+                vals[0] = self.evaluate(data, loss_idx)["total"]
+            if metric_idx is not None and self.val_metric is not None:
+                was = self.model.training
+                self.model.eval()
+                try:
+                    vals[1] = float(self.val_metric(self.model, data, metric_idx))
+                finally:
+                    self.model.train(was)
+        if self.dist.distributed:
+            t = torch.tensor(vals, dtype=torch.float64, device=self.device)
+            dist.broadcast(t, src=0)
+            vals = t.tolist()
+        val_loss = vals[0] if loss_idx is not None else None
+        val_metric = vals[1] if (metric_idx is not None and self.val_metric is not None) else None
+        return val_loss, val_metric
+
+    # ============================================================ closed form
+    def _fit_closed_form(self, data: MultimodalDataset, train: str,
+                         val_idx: Tensor | None) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        self.model.fit_closed_form(data, train)
+        record: dict[str, Any] = {"epoch": 0, "stage": "closed_form", "stage_index": 0, "step": 0}
+        if self.val_metric is not None and val_idx is not None:
+            _, record["val_metric"] = self._validate(data, None, val_idx)
+        record["seconds"] = time.perf_counter() - t0
+        record["samples_per_s"] = data.split(train).numel() / record["seconds"] if record["seconds"] > 0 else None
+        self.history = [record]
+        if self.dist.main and self.config.out_dir is not None:
+            logger = RunLogger(self.config.out_dir, False, [record])
+            logger.close()
+            save_model(self.config.out_dir / "model", self.model, self.standardizer, self._final_meta())
+        barrier()
+        return self.history
+
+    def _final_meta(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else None
+        return {"train_config": self.config.to_dict(), "epochs_run": len(self.history), "final": last}
