@@ -117,7 +117,6 @@ def train(
     from commonspace.data.resolve import ensure_splits, resolve_data
     from commonspace.models.base import create
     from commonspace.train import TrainConfig, Trainer
-    from commonspace.train.checkpoint import save_model
 
     ds = resolve_data(data, _split_list(modalities), root=data_root)
     ds, note = ensure_splits(ds, seed=seed)
@@ -132,22 +131,25 @@ def train(
                                    "patience": patience}.items() if v is not None}
     cfg = TrainConfig.for_model(m, seed=seed, out_dir=out_dir, progress=progress, **overrides)
     val = "val" if "val" in ds.splits else None
-    history = Trainer(m, cfg).fit(ds, train="train", val=val, resume=resume)
+    history = Trainer(m, cfg, standardizer=std).fit(ds, train="train", val=val, resume=resume)
     if _is_rank0():
-        save_model(out_dir / "model", m, standardizer=std,
-                   meta={"data": data, "modalities": list(ds.modalities), "train": cfg.to_dict()})
         last = history[-1] if history else {}
-        console.print(f"saved {out_dir / 'model'}; last epoch: "
-                      + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
+        terms = {**last.get("train", {}), "val_loss": last.get("val_loss")}
+        console.print(f"saved {out_dir / 'model'} after {len(history)} epochs; last epoch: "
+                      + ", ".join(f"{k}={v:.4g}" for k, v in terms.items() if isinstance(v, float))
+                      + (f", {last['samples_per_s']:.0f} samples/s" if "samples_per_s" in last else ""))
 
 
 def _load(model_path: Path, data: str, modalities: str | None, data_root: Path | None):
-    from commonspace.data.resolve import resolve_data
+    from commonspace.data.resolve import ensure_splits, resolve_data
     from commonspace.train.checkpoint import load_model
 
     loaded = load_model(_model_dir(model_path))
     mods = _split_list(modalities) or list(loaded.model.modalities)
     ds = resolve_data(data, mods, root=data_root)
+    # data without splits gets the same seeded split that `train` made for it
+    seed = int((loaded.meta or {}).get("train_config", {}).get("seed", 0))
+    ds, _ = ensure_splits(ds, seed=seed)
     if loaded.standardizer is not None:
         ds = loaded.standardizer.transform(ds)
     loaded.model.check_data(ds)

@@ -25,6 +25,7 @@ class BenchContext:
     console: Console = field(default_factory=Console)
     progress: bool = True
     datasets: list[str] | None = None  # restrict to these dataset names
+    max_iterations: int | None = None  # cap on training iterations (smoke tests)
 
     def wants(self, dataset: str) -> bool:
         return self.datasets is None or dataset in self.datasets

@@ -1,0 +1,41 @@
+"""The bench runner and the BiDNN spec on builtin data (tiny settings), plus report rendering."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from commonspace.bench.report import BenchResult, ResultTable, Row
+from commonspace.bench.runner import BenchContext, available_specs, run_spec
+
+
+def test_report_renders_ours_beside_paper(tmp_path: Path) -> None:
+    t = ResultTable("t", ["P@10"], [Row("m", {"P@10": [0.5, 0.7]}, {"P@10": "61.3"}), Row("n", {"P@10": [0.1]})])
+    assert t.header() == ["method", "P@10 (ours)", "P@10 (paper)"]
+    assert t.body()[0] == ["m", "60.00 ± 10.00", "61.3"]
+    assert t.body()[1] == ["n", "10.00", "-"]
+    res = BenchResult("x", "paper", [t], skipped=[("wiki", "absent")])
+    paths = res.write(tmp_path)
+    assert json.loads(paths[0].read_text())["tables"][0]["rows"][0]["mean_std"]["P@10"] == pytest.approx([0.6, 0.1])
+    assert "wiki: absent" in paths[1].read_text()
+
+
+def test_bidnn_spec_runs_on_digits_and_skips_missing_wikipedia(tmp_path: Path) -> None:
+    assert "bidnn" in {s.name for s in available_specs()}
+    ctx = BenchContext(quick=True, seeds=[0], out_dir=tmp_path, data_root=tmp_path / "nowhere",
+                       console=Console(file=open(tmp_path / "log.txt", "w")), progress=False,
+                       datasets=["digits", "wikipedia"], max_iterations=30)
+    res = run_spec("bidnn", ctx)
+    assert [k for k, _ in res.skipped] == ["wikipedia"]
+    assert "wikipedia" in res.skipped[0][1].lower()
+    p10 = res.tables[0]
+    methods = {r.method for r in p10.rows}
+    assert {"raw A", "raw B", "linear combination", "AE #1 (concatenated)", "AE #2 (separate branches)",
+            "BiDNN embedded A+B", "BiDNN expanded A+B"} <= methods
+    for r in p10.rows:
+        assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in r.values["P@10"])
+    assert (tmp_path / "bidnn.json").exists() and (tmp_path / "bidnn.md").exists()
