@@ -70,12 +70,15 @@ def datasets() -> None:
     """List the builtin datasets with their sizes and whether they need external data."""
     from commonspace.data import builtin
 
-    t = Table(title="builtin datasets")
-    for c in ("name", "modalities", "samples", "classes", "splits", "needs", "description"):
+    t = Table(title="builtin datasets (commonspace train --data NAME ...)")
+    for c in ("name", "modalities (dims)", "samples", "classes", "train/val/test", "available"):
         t.add_column(c)
     for d in builtin.available():
-        t.add_row(d["name"], str(d.get("modalities", "")), str(d.get("samples", "")), str(d.get("classes", "")),
-                  str(d.get("splits", "")), str(d.get("needs", "")), str(d.get("description", "")))
+        mods = ", ".join(f"{m} {v}" for m, v in d.get("modalities", {}).items())
+        sp = d.get("splits", {})
+        avail = "yes" if d.get("available") else f"no: needs {d.get('needs', '')}"
+        t.add_row(d["name"], mods, str(d.get("samples", "")), str(d.get("classes", "")),
+                  "/".join(str(sp.get(k, "-")) for k in ("train", "val", "test")), avail)
     out.print(t)
 
 
