@@ -160,6 +160,17 @@ def load_npz(path: str | os.PathLike) -> MultimodalDataset:
 
 
 # ------------------------------------------------------------------- arrays
+def _pick_key(p: Path, key: str | None, names: list[str]) -> str:
+    """The requested variable, or the only one in the file; otherwise an error listing them."""
+    if key is None:
+        if len(names) != 1:
+            raise _need_key(p, names)
+        return names[0]
+    if key not in names:
+        raise _missing_key(p, key, names)
+    return key
+
+
 def load_mat(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     """One variable of a MATLAB file, v4-v7 (scipy) or v7.3 (HDF5, transposed back to MATLAB's shape)."""
     p = _existing(path)
@@ -168,12 +179,7 @@ def load_mat(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     if h5py.is_hdf5(p):
         with h5py.File(p, "r") as f:
             names = [k for k in f.keys() if not k.startswith("#")]  # '#refs#' holds cell-array internals
-            if key is None:
-                if len(names) != 1:
-                    raise _need_key(p, names)
-                key = names[0]
-            if key not in f:
-                raise _missing_key(p, key, names)
+            key = _pick_key(p, key, names)
             obj = f[key]
             if not isinstance(obj, h5py.Dataset):
                 raise DataError(f"{p}: {key!r} is a MATLAB struct or group; save it as a plain numeric array")
@@ -189,12 +195,7 @@ def load_mat(path: str | os.PathLike, key: str | None = None) -> np.ndarray:
     except (ValueError, TypeError, NotImplementedError) as exc:
         raise DataError(f"{p}: not a readable MATLAB file ({exc})") from exc
     names = [k for k in mat if not k.startswith("__")]
-    if key is None:
-        if len(names) != 1:
-            raise _need_key(p, names)
-        key = names[0]
-    if key not in mat:
-        raise _missing_key(p, key, names)
+    key = _pick_key(p, key, names)
     arr = np.asarray(mat[key])
     if arr.dtype.kind == "O":
         raise DataError(f"{p}: {key!r} is a cell array or struct; save it as a plain numeric array")
@@ -278,12 +279,7 @@ def load_array(path: str | os.PathLike, key: str | None = None, **kw: Any) -> np
     if suf == ".npz":
         with np.load(p, allow_pickle=False) as z:
             names = list(z.files)
-            if key is None:
-                if len(names) != 1:
-                    raise _need_key(p, names)
-                key = names[0]
-            if key not in names:
-                raise _missing_key(p, key, names)
+            key = _pick_key(p, key, names)
             return z[key]
     if suf == ".mat":
         return load_mat(p, key)
@@ -293,12 +289,7 @@ def load_array(path: str | os.PathLike, key: str | None = None, **kw: Any) -> np
         with h5py.File(p, "r") as f:
             names: list[str] = []
             f.visit(lambda n: names.append(n) if isinstance(f[n], h5py.Dataset) else None)
-            if key is None:
-                if len(names) != 1:
-                    raise _need_key(p, names)
-                key = names[0]
-            if key not in names:
-                raise _missing_key(p, key, names)
+            key = _pick_key(p, key, names)
             return np.asarray(f[key][()])
     if suf in (".csv", ".csv.gz", ".tsv", ".txt"):
         if key is not None:

@@ -87,6 +87,19 @@ def _standardize(train: np.ndarray, *others: np.ndarray | None) -> list[np.ndarr
     return [sc.transform(train)] + [None if o is None else sc.transform(o) for o in others]
 
 
+def _check_inputs(train_x, train_y, test_x, test_y, val):
+    """Validate train/test(/val) features and targets of one kind; returns them and ``multi``."""
+    xtr, ytr = _check_xy(train_x, train_y, "train")
+    xte, yte = _check_xy(test_x, test_y, "test", xtr.shape[1])
+    xva = yva = None
+    if val is not None:
+        xva, yva = _check_xy(val[0], val[1], "val", xtr.shape[1])
+    multi = ytr.ndim == 2
+    if yte.ndim != ytr.ndim or (yva is not None and yva.ndim != ytr.ndim):
+        raise DataError("train, val and test targets must all be class ids or all be multi-label indicators")
+    return xtr, ytr, xte, yte, xva, yva, multi
+
+
 def mlp_probe(
     train_x: object,
     train_y: object,
@@ -112,14 +125,7 @@ def mlp_probe(
     adds ``map`` (macro classification MAP) and ``exact_match``, and its accuracy is label-wise.
     Runs under a forked RNG: the global torch seed is untouched and the same ``seed`` gives the same result.
     """
-    xtr, ytr = _check_xy(train_x, train_y, "train")
-    xte, yte = _check_xy(test_x, test_y, "test", xtr.shape[1])
-    xva = yva = None
-    if val is not None:
-        xva, yva = _check_xy(val[0], val[1], "val", xtr.shape[1])
-    multi = ytr.ndim == 2
-    if yte.ndim != ytr.ndim or (val is not None and yva.ndim != ytr.ndim):
-        raise DataError("train, val and test targets must all be class ids or all be multi-label indicators")
+    xtr, ytr, xte, yte, xva, yva, multi = _check_inputs(train_x, train_y, test_x, test_y, val)
     if epochs < 1 or hidden < 1:
         raise DataError(f"epochs and hidden must be >= 1, got epochs={epochs} hidden={hidden}")
     if standardize:
@@ -207,14 +213,7 @@ def logistic_probe(
     ``val``: the C with the best validation accuracy (classification MAP for multi-label) is used.
     Returns ``accuracy``, ``error`` and ``C``; multi-label adds ``map`` and ``exact_match``.
     """
-    xtr, ytr = _check_xy(train_x, train_y, "train")
-    xte, yte = _check_xy(test_x, test_y, "test", xtr.shape[1])
-    xva = yva = None
-    if val is not None:
-        xva, yva = _check_xy(val[0], val[1], "val", xtr.shape[1])
-    multi = ytr.ndim == 2
-    if yte.ndim != ytr.ndim or (yva is not None and yva.ndim != ytr.ndim):
-        raise DataError("train, val and test targets must all be class ids or all be multi-label indicators")
+    xtr, ytr, xte, yte, xva, yva, multi = _check_inputs(train_x, train_y, test_x, test_y, val)
     if standardize:
         xtr, xte, xva = _standardize(xtr, xte, xva)
     cs = [float(C)] if np.isscalar(C) else [float(c) for c in C]
