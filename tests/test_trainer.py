@@ -251,3 +251,43 @@ def test_shard_weights_average_to_one():
     assert [p.numel() for p, _ in parts] == [7, 8]
     assert sum(w for _, w in parts) / 2 == pytest.approx(1.0)
     assert shard(idx, 0, 1) == (idx, 1.0)
+
+
+class _Alternating(MultimodalModel):
+    """Two loss terms on different parameters, stepped one after the other per batch."""
+
+    train_defaults = {"epochs": 1, "batch_size": 8, "lr": 0.1, "optimizer": "sgd", "momentum": 0.0, "nesterov": False}
+
+    def __init__(self, dims) -> None:
+        super().__init__(dims)
+        self.u = torch.nn.Parameter(torch.tensor(1.0))
+        self.v = torch.nn.Parameter(torch.tensor(0.0))
+
+    def loss(self, batch):
+        a = (self.u - 3.0) ** 2  # reaches u only
+        b = (self.v - self.u.detach()) ** 2  # reaches v only, and reads the u the first step produced
+        return {"total": a + b, "a": a, "b": b}
+
+    def substeps(self):
+        return ("a", "b")
+
+    def encode(self, batch):
+        return {}
+
+    def embed(self, batch):
+        return batch.features["x"]
+
+
+def test_substeps_step_each_term_on_a_fresh_forward() -> None:
+    import torch as _t
+
+    from commonspace.data.dataset import MultimodalDataset as _D
+    from commonspace.train import TrainConfig as _C
+    from commonspace.train import Trainer as _T
+
+    data = _D({"x": _t.zeros(8, 1)}, splits={"train": _t.arange(8)})
+    m = _Alternating({"x": 1})
+    _T(m, _C.for_model(m, progress=False)).fit(data, val=None, resume=False)
+    # one batch: u <- u - 0.1 * 2 (u - 3) = 1.4, then v <- v - 0.1 * 2 (v - 1.4) = 0.28
+    assert float(m.u) == pytest.approx(1.4)
+    assert float(m.v) == pytest.approx(0.28)

@@ -58,7 +58,7 @@ def _guard(fn: Any) -> Any:
     def wrapper(*a: Any, **k: Any) -> Any:
         try:
             return fn(*a, **k)
-        except (DataError, FileNotFoundError) as exc:
+        except (DataError, ValueError, FileNotFoundError) as exc:
             _fail(str(exc))
 
     return wrapper

@@ -62,6 +62,14 @@ class MultimodalModel(nn.Module):
     def set_stage(self, name: str | None) -> None:
         self.stage = name
 
+    def substeps(self) -> tuple[str, ...] | None:
+        """Loss terms to step on one after another per batch (None: one step on "total").
+
+        Each named term gets its own forward, backward and optimizer step, in order; parameters the term
+        does not reach get no gradient and are left alone by the optimizer (SSL's Algorithm 1 alternation).
+        """
+        return None
+
     def stages(self) -> list[Stage]:
         return [Stage("main", [p for p in self.parameters() if p.requires_grad])]
 

@@ -406,18 +406,29 @@ class Trainer:
         count, samples = 0, 0
         opt = self.optimizer
         assert opt is not None
+        substeps = tuple(model.substeps() or ("total",))
         t0 = time.perf_counter()
         for s in starts:
             glob = order[s:s + cfg.batch_size]
             if glob.numel() < world:  # a rank would get no sample; every rank skips it alike
                 continue
             part, weight = shard(glob, rank, world)
-            out = self._loss(wrapped, data.batch(part).to(self.device))
-            opt.zero_grad(set_to_none=True)
-            (out["total"] * weight if weight != 1.0 else out["total"]).backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            batch = data.batch(part).to(self.device)
+            out: dict[str, Tensor] = {}
+            # one optimizer step per named term (alternating schedules, e.g. SSL's Algorithm 1), each
+            # on a fresh forward so a step sees the parameters the previous one produced
+            for i, term in enumerate(substeps):
+                step_out = self._loss(wrapped, batch)
+                if term not in step_out:
+                    raise KeyError(f"model {model.name!r} lists substep {term!r} but loss() returned "
+                                   f"{sorted(step_out)}")
+                if i == 0:
+                    out = step_out
+                opt.zero_grad(set_to_none=True)
+                (step_out[term] * weight if weight != 1.0 else step_out[term]).backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
             self.global_step += 1
             # summed as tensors: a .item() per step would synchronise a GPU every step
             for k, v in out.items():
