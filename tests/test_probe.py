@@ -95,3 +95,17 @@ def test_probe_input_errors():
         logistic_probe(x, y[:-1], x, y)
     with pytest.raises(DataError, match="all be class ids"):
         mlp_probe(x, y, x, np.eye(3)[y].astype(int))
+
+
+def test_single_label_classification_map_matches_one_vs_rest_ap():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    x = rng.normal(size=(3, 4))[y] + 1.5 * rng.normal(size=(300, 4))
+    res = logistic_probe(x[:200], y[:200], x[200:], y[200:], standardize=False)
+    prob = LogisticRegression(C=1.0, max_iter=5000, random_state=0).fit(x[:200], y[:200]).predict_proba(x[200:])
+    want = np.mean([average_precision_score(y[200:] == c, prob[:, c]) for c in range(3)])
+    assert res["map"] == pytest.approx(want, abs=1e-6)
+    assert 0.0 < mlp_probe(x[:200], y[:200], x[200:], y[200:], epochs=50)["map"] <= 1.0

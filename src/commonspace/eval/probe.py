@@ -70,11 +70,19 @@ def classification_map(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(average_precision_score(y_true[:, keep], y_score[:, keep], average="macro"))
 
 
-def _scores(y: np.ndarray, pred: np.ndarray, prob: np.ndarray | None) -> dict:
-    """Accuracy and error (and classification MAP for multi-label)."""
+def _scores(y: np.ndarray, pred: np.ndarray, prob: np.ndarray | None, classes: np.ndarray | None = None) -> dict:
+    """Accuracy and error, and classification MAP when class probabilities are given.
+
+    Single-label MAP treats each class as a binary retrieval of the test items by that class's probability
+    (one-vs-rest, the MIR-Flickr style "classification MAP"); ``classes`` names the probability columns.
+    """
     if y.ndim == 1:
         acc = float((pred == y).mean())
-        return {"accuracy": acc, "error": 1.0 - acc}
+        out = {"accuracy": acc, "error": 1.0 - acc}
+        if prob is not None:
+            cls = np.arange(prob.shape[1]) if classes is None else np.asarray(classes)
+            out["map"] = classification_map((y[:, None] == cls[None, :]).astype(np.int64), prob)
+        return out
     acc = float((pred == y).mean())  # label-wise (1 - Hamming loss)
     out = {"accuracy": acc, "error": 1.0 - acc, "exact_match": float((pred == y).all(1).mean())}
     if prob is not None:
@@ -189,7 +197,7 @@ def mlp_probe(
         prob = torch.sigmoid(logits).numpy()
         res = _scores(yte, (prob >= 0.5).astype(np.int64), prob)
     else:
-        res = _scores(yte, logits.argmax(1).numpy(), None)
+        res = _scores(yte, logits.argmax(1).numpy(), torch.softmax(logits, 1).numpy())
     res["epochs"] = epoch
     res["best_epoch"] = best[1] if best[2] is not None else epoch
     return res
@@ -234,7 +242,8 @@ def logistic_probe(
         if multi:
             prob = model.predict_proba(x)
             return _scores(y, (prob >= 0.5).astype(np.int64), prob)
-        return _scores(y, model.predict(x), None)
+        prob = model.predict_proba(x)
+        return _scores(y, model.classes_[prob.argmax(1)], prob, model.classes_)
 
     best_c, model = cs[0], None
     if len(cs) > 1:
