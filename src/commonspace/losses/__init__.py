@@ -1,0 +1,11 @@
+"""Loss terms: the Semantic Similarity Learning penalties (SSL paper Eq. 1-3)."""
+
+from commonspace.losses.similarity import (
+    SIMILARITIES,
+    canonical_correlations,
+    cca_sim,
+    cross_entropy_sim,
+    similarity,
+)
+
+__all__ = ["SIMILARITIES", "canonical_correlations", "cca_sim", "cross_entropy_sim", "similarity"]
