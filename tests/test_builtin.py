@@ -91,12 +91,12 @@ def test_mfeat_matches_original_csv(shared_data, view):
 
 def test_registry_api():
     rows = builtin.available()
-    names = ["digits-halves", "mnist5k-halves", "mnist5k", "uci-mfeat", "wikipedia"]
+    names = ["digits-halves", "mnist5k-halves", "mnist5k", "uci-mfeat", "wikipedia", "fsdd-spectrogram", "fsdd-mnist"]
     assert [r["name"] for r in rows] == names
     for r in rows:
         keys = {"name", "description", "samples", "modalities", "splits", "external", "source", "license"}
         assert keys <= set(r)
-    wiki = rows[-1]
+    wiki = {r["name"]: r for r in rows}["wikipedia"]
     assert wiki["external"] and "not redistributable" in wiki["license"]
     text = builtin.describe("uci_mfeat")  # underscores accepted
     assert "uci-mfeat" in text and "CC BY 4.0" in text and "400" in text

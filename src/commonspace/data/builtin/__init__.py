@@ -1,7 +1,7 @@
 """Builtin datasets by name: ``load("uci-mfeat")``, ``available()``, ``describe(name)``.
 
 Each has fixed train/val/test splits (stratified, seed 0, val carved from train). MNIST-5k and UCI
-Multiple Features ship with the package; Wikipedia needs a local copy (see :func:`describe`).
+Multiple Features ship with the package; Wikipedia and FSDD need a local copy (see :func:`describe`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from commonspace.data.builtin import digits, mfeat, mnist, wikipedia
+from commonspace.data.builtin import digits, fsdd, mfeat, mnist, wikipedia
 from commonspace.data.builtin._common import DatasetUnavailable, Info, find_shared
 from commonspace.data.builtin.mnist import mnist5k
 from commonspace.data.dataset import DataError, MultimodalDataset
@@ -18,7 +18,8 @@ from commonspace.data.dataset import DataError, MultimodalDataset
 __all__ = ["DatasetUnavailable", "available", "describe", "find_shared", "load", "mnist5k"]
 
 _REGISTRY: dict[str, Info] = {
-    i.name: i for i in (digits.INFO, mnist.HALVES, mnist.MNIST5K, mfeat.INFO, wikipedia.INFO)
+    i.name: i for i in (digits.INFO, mnist.HALVES, mnist.MNIST5K, mfeat.INFO, wikipedia.INFO, fsdd.SPECTROGRAM,
+                        fsdd.FSDD_MNIST)
 }
 
 
