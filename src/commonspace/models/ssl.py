@@ -1,0 +1,463 @@
+"""Semantic Similarity Learning (SSL) on three multimodal networks: MRBM, MDBN and MDAE.
+
+SSL paper ("Multimodal Learning via Exploring Deep Semantic Similarity", ACM MM 2016), Eq. 1:
+``minimise -log p(x, y) + lambda sim(H^x, H^y)``, where ``H^x`` (``H^y``) is the shared hidden layer computed
+from modality x (y) alone, the other absent, and ``sim`` is a cross-entropy (Eq. 2, ``"ce_xy"``/``"ce_yx"``) or
+minus the CCA trace norm (Eq. 3, ``"cca"``) from :mod:`commonspace.losses.similarity`. ``sim="none"`` or
+``lam=0`` is plain maximum joint likelihood learning (MJLL), reproduced bit for bit.
+
+Algorithm 1 alternates per mini-batch: step 2, a CD update of every parameter; step 3, a gradient step on the
+regulariser for the weight matrices only (footnote 2: the biases barely affect the hidden activations). With
+``schedule="alternate"`` the models ask the trainer for the substeps ``("cd", "sim")`` (``("recon", "sim")`` for
+the MDAE); ``schedule="joint"`` takes one step on ``cd + lam * sim`` instead. Either way the similarity's gradient
+reaches only the shared layer's ``W^x`` and ``W^y`` (biases and lower layers detached; the paper's conclusion:
+"the learning is performed just in the M-RBM layers").
+
+Loss terms: ``"total"`` = ``cd + lam * sim``; ``"cd"`` (``"recon"``); ``"sim"``, whose *value* is the raw
+``sim(H^x, H^y)`` (monitored even when ``lam = 0``, then under no_grad) and whose *gradient* is ``lam`` times the
+similarity's, so the trainer's ``"sim"`` substep is the lambda-weighted step of Algorithm 1. ``"sim"`` is absent
+for ``sim="none"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from commonspace.data.dataset import Batch, DataError, MultimodalDataset
+from commonspace.models.base import MultimodalModel, Stage, register
+from commonspace.models.bidnn import masked_pair_mse, two_modalities
+from commonspace.nn.mlp import MLP, check_prob, flat_dim, glorot_, masked_flat
+from commonspace.nn.rbm import RBM, VISIBLE_TYPES, MultimodalRBM
+
+__all__ = ["MDAE", "MDBN", "MRBM", "SCHEDULES", "SIM_KINDS", "SSLModel"]
+
+#: ``sim`` values: MJLL ("none") and the paper's three similarity functions
+SIM_KINDS = ("none", "ce_xy", "ce_yx", "cca")
+SCHEDULES = ("alternate", "joint")
+
+# Plain momentum SGD, batch 100: the usual RBM recipe (Hinton's practical guide); lr per model below.
+_RBM_SGD: dict[str, Any] = {"optimizer": "sgd", "momentum": 0.9, "nesterov": False, "batch_size": 100}
+
+
+def _pair(value: str | Sequence[str], what: str) -> tuple[str, str]:
+    if isinstance(value, str):
+        value = (value, value)
+    value = tuple(str(v) for v in value)
+    if len(value) != 2 or any(v not in VISIBLE_TYPES for v in value):
+        raise DataError(f"{what}={list(value)}; give one of {list(VISIBLE_TYPES)} per modality (x, y)")
+    return value[0], value[1]
+
+
+def _layers(value: Sequence[int], what: str) -> list[int]:
+    if isinstance(value, int):
+        value = [value]
+    sizes = [int(v) for v in value]
+    if any(v < 1 for v in sizes):
+        raise DataError(f"{what}={sizes}: layer sizes must be positive")
+    return sizes
+
+
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise DataError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _epochs(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or int(value) != value or int(value) < 0:
+        raise DataError(f"{name} must be a non-negative integer or None, got {value!r}")
+    return int(value)
+
+
+def _same_batch(a: Batch, b: Batch) -> bool:
+    """The trainer passes the same Batch object to every substep; DDP may rebuild it, so compare indices too."""
+    if a is b:
+        return True
+    if a.index is None or b.index is None or a.index.shape != b.index.shape:
+        return False
+    return bool(torch.equal(a.index, b.index.to(a.index.device)))
+
+
+class SSLModel(MultimodalModel):
+    """Shared SSL machinery: hyper-parameters ``sim``, ``lam``, ``schedule``, the loss dict and the substeps.
+
+    Subclasses provide ``_main_loss`` (CD or reconstruction), ``_shared_pair`` (``H^x``, ``H^y`` with gradient
+    only to the shared weight matrices) and name their main term in ``main_term``.
+    """
+
+    requires_complete = True
+    main_term: ClassVar[str] = "cd"
+
+    def _init_ssl(self, sim: str, lam: float, schedule: str) -> None:
+        two_modalities(self.dims, type(self).__name__)
+        if sim not in SIM_KINDS:
+            raise DataError(f"sim={sim!r}; choose one of {list(SIM_KINDS)}")
+        if schedule not in SCHEDULES:
+            raise DataError(f"schedule={schedule!r}; choose one of {list(SCHEDULES)}")
+        if not float(lam) >= 0.0:
+            raise DataError(f"lam must be >= 0, got {lam}")
+        self.save_config(sim=sim, lam=float(lam), schedule=schedule)
+        self.mx, self.my = self.modalities
+        self.sim, self.lam, self.schedule = sim, float(lam), schedule
+        # (batch, detached main term) of the substep in flight; see _cached_main
+        self._pending: tuple[Batch, Tensor] | None = None
+
+    @property
+    def ssl_active(self) -> bool:
+        """Whether the similarity term trains anything (False = MJLL)."""
+        return self.sim != "none" and self.lam > 0.0
+
+    def _ssl_stage(self) -> bool:
+        return True
+
+    def substeps(self) -> tuple[str, ...] | None:
+        """Algorithm 1's alternation ``(main term, "sim")`` when SSL is on and ``schedule="alternate"``."""
+        if self.ssl_active and self.schedule == "alternate" and self._ssl_stage():
+            return (self.main_term, "sim")
+        return None
+
+    # ----------------------------------------------------------------- inputs
+    def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        px, py = batch.present(self.mx), batch.present(self.my)
+        return masked_flat(batch.features[self.mx], px), masked_flat(batch.features[self.my], py), px, py
+
+    # --------------------------------------------------------------- the loss
+    def _main_loss(self, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    def _shared_pair(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _cached_main(self, batch: Batch) -> Tensor | None:
+        """On the trainer's second ("sim") forward of a batch, the first forward's main term.
+
+        The trainer runs each substep on a fresh forward of the same batch. Redrawing the CD negative sample
+        for a term nobody differentiates would waste a Gibbs chain, advance persistent chains twice per batch
+        and use extra random numbers, so the "sim" forward reuses the first one's value (detached) and
+        recomputes only the similarity, with the parameters the CD step produced.
+        """
+        if not (self.training and self.substeps()):
+            self._pending = None
+            return None
+        pending, self._pending = self._pending, None
+        if pending is not None and _same_batch(pending[0], batch):
+            return pending[1]
+        return None
+
+    def _ssl_loss(self, batch: Batch) -> dict[str, Tensor]:
+        main = self._cached_main(batch)
+        if main is None:
+            main = self._main_loss(batch)
+            if self.training and self.substeps():
+                self._pending = (batch, main.detach())
+        out = {"total": main, self.main_term: main}
+        if self.sim == "none":
+            return out
+        if not self.ssl_active:
+            with torch.no_grad():  # monitoring only: no graph, no random draw, so MJLL stays exact
+                out["sim"] = self._similarity(*self._shared_pair(batch))
+            return out
+        raw = self._similarity(*self._shared_pair(batch))
+        # value raw, gradient lam * d raw: the "sim" substep is Algorithm 1's lambda-weighted step 3
+        out["sim"] = self.lam * raw + (1.0 - self.lam) * raw.detach()
+        out["total"] = main + self.lam * raw
+        return out
+
+    def _similarity(self, hx: Tensor, hy: Tensor) -> Tensor:
+        from commonspace.losses.similarity import similarity  # imported late: a sibling module
+
+        if hx.shape[0] < 2:  # CCA needs two samples; keep a graph so a substep can still call backward
+            return hx.sum() * 0.0 + hy.sum() * 0.0
+        return similarity(hx, hy, self.sim)
+
+    def _complete_rows(self, batch: Batch, hx: Tensor, hy: Tensor) -> tuple[Tensor, Tensor]:
+        both = batch.present(self.mx) & batch.present(self.my)
+        return hx[both], hy[both]
+
+    # ------------------------------------------------------------ data checks
+    def _bernoulli_inputs(self) -> list[str]:
+        return []
+
+    def check_data(self, data: MultimodalDataset) -> None:
+        """Also: Bernoulli visible units need features in [0, 1]."""
+        super().check_data(data)
+        for m in self._bernoulli_inputs():
+            x = data.features[m]
+            lo, hi = float(x.min()), float(x.max())
+            if lo < 0.0 or hi > 1.0:
+                raise DataError(f"modality {m!r} has values in [{lo:.3g}, {hi:.3g}] but its visible units are "
+                                "Bernoulli, which need data in [0, 1]; scale it to [0, 1] or use Gaussian "
+                                "visible units (visible=...) on standardised features")
+
+
+# ======================================================================== MRBM
+@register("mrbm")
+class MRBM(SSLModel):
+    """Multimodal RBM directly on the two modalities (SSL paper Sec. 3.1-3.2, Table 1: MNIST halves).
+
+    Hyper-parameters: ``hidden`` (512; the paper gives no size, 512 trains fast on CPU), ``visible``
+    (("bernoulli", "bernoulli"); "gaussian" for standardised real data), ``sim`` ("none"), ``lam`` (0.1),
+    ``schedule`` ("alternate"), ``cd_k`` (1), ``persistent`` (False: CD-k; True: PCD with ``n_chains`` (100)
+    persistent chains kept in the state dict).
+    """
+
+    train_defaults = {**_RBM_SGD, "lr": 0.05}
+
+    def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]], hidden: int = 512,
+                 visible: str | Sequence[str] = ("bernoulli", "bernoulli"), sim: str = "none", lam: float = 0.1,
+                 schedule: str = "alternate", cd_k: int = 1, persistent: bool = False, n_chains: int = 100) -> None:
+        super().__init__(dims)
+        self._init_ssl(sim, lam, schedule)
+        vis = _pair(visible, "visible")
+        self.save_config(hidden=_positive("hidden", hidden), visible=list(vis), cd_k=_positive("cd_k", cd_k),
+                         persistent=bool(persistent), n_chains=_positive("n_chains", n_chains))
+        self.cd_k, self.persistent, self.visible = int(cd_k), bool(persistent), vis
+        self.rbm = MultimodalRBM(flat_dim(self.dims[self.mx]), flat_dim(self.dims[self.my]), int(hidden), vis,
+                                 n_chains=int(n_chains) if persistent else 0)
+
+    def _bernoulli_inputs(self) -> list[str]:
+        return [m for m, v in zip(self.modalities, self.visible, strict=True) if v == "bernoulli"]
+
+    def _main_loss(self, batch: Batch) -> Tensor:
+        x, y, px, py = self._inputs(batch)
+        both = px & py
+        if self.persistent:
+            return self.rbm.pcd_loss(x, y, self.cd_k, both)
+        return self.rbm.cd_loss(x, y, self.cd_k, weight=both)[0]
+
+    def _shared_pair(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        x, y, _, _ = self._inputs(batch)
+        hx = self.rbm.hidden_from(x=x, detach_bias=True)
+        hy = self.rbm.hidden_from(y=y, detach_bias=True)
+        return self._complete_rows(batch, hx, hy)
+
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        """``{"total", "cd", "sim"}``: CD-k/PCD of the joint free energy plus the SSL term (Eq. 1)."""
+        return self._ssl_loss(batch)
+
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """``{x: H^x, y: H^y}``, the mean-field shared layer from each modality alone."""
+        x, y, _, _ = self._inputs(batch)
+        return {self.mx: self.rbm.hidden_from(x=x), self.my: self.rbm.hidden_from(y=y)}
+
+    def embed(self, batch: Batch) -> Tensor:
+        """``p(h | present modalities)``: from both, or from the one present (the absent adds nothing)."""
+        x, y, px, py = self._inputs(batch)
+        return self.rbm.hidden_prob(x, y, px, py)
+
+
+# ======================================================================== MDBN
+@register("mdbn")
+class MDBN(SSLModel):
+    """Multimodal DBN (Srivastava & Salakhutdinov; SSL paper Table 2): RBM stacks per modality, a top MRBM.
+
+    Hyper-parameters: ``layers_x`` / ``layers_y`` ((1024, 1024), the paper's sizes) hidden sizes of the
+    modality stacks; ``shared`` (2048) units of the top MRBM; ``visible`` (("gaussian", "gaussian")): the first
+    RBM's visible type per modality (Gaussian for standardised real features; higher layers are Bernoulli);
+    ``sim``, ``lam``, ``schedule``, ``cd_k``, ``persistent``, ``n_chains`` as for :class:`MRBM` (CD/PCD settings
+    apply to every RBM); ``pretrain_epochs`` / ``joint_epochs`` (None: the trainer's epochs) per stage.
+
+    Stages: ``pretrain_<m>_<i>`` greedy layer-wise pre-training of RBM ``i`` of modality ``m`` on the mean-field
+    activations of the layers below (x stack, then y stack), then ``joint``: the top MRBM with SSL.
+    """
+
+    train_defaults = {**_RBM_SGD, "lr": 0.01}
+
+    def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]],
+                 layers_x: Sequence[int] = (1024, 1024), layers_y: Sequence[int] = (1024, 1024),
+                 shared: int = 2048, visible: str | Sequence[str] = ("gaussian", "gaussian"), sim: str = "none",
+                 lam: float = 0.1, schedule: str = "alternate", cd_k: int = 1, persistent: bool = False,
+                 n_chains: int = 100, pretrain_epochs: int | None = None, joint_epochs: int | None = None) -> None:
+        super().__init__(dims)
+        self._init_ssl(sim, lam, schedule)
+        vis = _pair(visible, "visible")
+        lx, ly = _layers(layers_x, "layers_x"), _layers(layers_y, "layers_y")
+        self.save_config(layers_x=lx, layers_y=ly, shared=_positive("shared", shared), visible=list(vis),
+                         cd_k=_positive("cd_k", cd_k), persistent=bool(persistent),
+                         n_chains=_positive("n_chains", n_chains),
+                         pretrain_epochs=_epochs("pretrain_epochs", pretrain_epochs),
+                         joint_epochs=_epochs("joint_epochs", joint_epochs))
+        self.cd_k, self.persistent, self.visible = int(cd_k), bool(persistent), vis
+        chains = int(n_chains) if persistent else 0
+        stacks = []
+        for m, sizes, kind in ((self.mx, lx, vis[0]), (self.my, ly, vis[1])):
+            widths = [flat_dim(self.dims[m]), *sizes]
+            stacks.append(nn.ModuleList(
+                RBM(widths[i], widths[i + 1], kind if i == 0 else "bernoulli", n_chains=chains)
+                for i in range(len(sizes))))
+        self.stack_x, self.stack_y = stacks
+        # the top MRBM sees mean-field probabilities (Bernoulli), or the raw input when a stack is empty
+        top_vis = (vis[0] if not lx else "bernoulli", vis[1] if not ly else "bernoulli")
+        top_x = lx[-1] if lx else flat_dim(self.dims[self.mx])
+        top_y = ly[-1] if ly else flat_dim(self.dims[self.my])
+        self.top = MultimodalRBM(top_x, top_y, int(shared), top_vis, n_chains=chains)
+        self._layer_of = {f"pretrain_{m}_{i + 1}": (j, i) for j, (m, stack) in
+                          enumerate(((self.mx, self.stack_x), (self.my, self.stack_y))) for i in range(len(stack))}
+
+    def _bernoulli_inputs(self) -> list[str]:
+        return [m for m, v in zip(self.modalities, self.visible, strict=True) if v == "bernoulli"]
+
+    # ---------------------------------------------------------------- stages
+    def stages(self) -> list[Stage]:
+        pre = self.config["pretrain_epochs"]
+        out = [Stage(name, list((self.stack_x, self.stack_y)[j][i].parameters()), epochs=pre)
+               for name, (j, i) in self._layer_of.items()]
+        out.append(Stage("joint", list(self.top.parameters()), epochs=self.config["joint_epochs"]))
+        return out
+
+    def set_stage(self, name: str | None) -> None:
+        if name is not None and name != "joint" and name not in self._layer_of:
+            raise ValueError(f"unknown stage {name!r}; MDBN stages are {[*self._layer_of, 'joint']}")
+        super().set_stage(name)
+
+    def _ssl_stage(self) -> bool:
+        return self.stage is None or self.stage == "joint"
+
+    # ----------------------------------------------------------------- passes
+    def up(self, v: Tensor, which: int, n_layers: int | None = None) -> Tensor:
+        """Mean-field up-pass of modality ``which`` (0 = x, 1 = y) through its first ``n_layers`` RBMs."""
+        stack = (self.stack_x, self.stack_y)[which]
+        for rbm in list(stack)[:n_layers]:
+            v = rbm.hidden_prob(v)
+        return v
+
+    def _top_inputs(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x, y, px, py = self._inputs(batch)
+        return self.up(x, 0), self.up(y, 1), px, py
+
+    def _main_loss(self, batch: Batch) -> Tensor:
+        with torch.no_grad():  # the stacks are fixed in the joint stage (SSL trains the MRBM layer only)
+            tx, ty, px, py = self._top_inputs(batch)
+        if self.persistent:
+            return self.top.pcd_loss(tx, ty, self.cd_k, px & py)
+        return self.top.cd_loss(tx, ty, self.cd_k, weight=px & py)[0]
+
+    def _shared_pair(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            tx, ty, _, _ = self._top_inputs(batch)
+        hx = self.top.hidden_from(x=tx, detach_bias=True)
+        hy = self.top.hidden_from(y=ty, detach_bias=True)
+        return self._complete_rows(batch, hx, hy)
+
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        """Pre-training stage: ``{"total", "cd"}`` of that RBM. Joint stage (or none set): ``{"total", "cd",
+        "sim"}`` of the top MRBM."""
+        if self.stage in self._layer_of:
+            j, i = self._layer_of[self.stage]
+            x, y, px, py = self._inputs(batch)
+            rbm = (self.stack_x, self.stack_y)[j][i]
+            with torch.no_grad():
+                v = self.up((x, y)[j], j, i)
+            present = (px, py)[j]
+            cd = rbm.pcd_loss(v, self.cd_k, present) if self.persistent else rbm.cd_loss(v, self.cd_k,
+                                                                                          weight=present)[0]
+            return {"total": cd, "cd": cd}
+        return self._ssl_loss(batch)
+
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """``{x: H^x, y: H^y}``: the top MRBM's shared layer from each modality's up-pass alone."""
+        tx, ty, _, _ = self._top_inputs(batch)
+        return {self.mx: self.top.hidden_from(x=tx), self.my: self.top.hidden_from(y=ty)}
+
+    def embed(self, batch: Batch) -> Tensor:
+        """The shared layer from the present modalities (an absent one adds nothing)."""
+        tx, ty, px, py = self._top_inputs(batch)
+        return self.top.hidden_prob(tx, ty, px, py)
+
+
+# ======================================================================== MDAE
+@register("mdae")
+class MDAE(SSLModel):
+    """Multimodal deep autoencoder (Ngiam et al. 2011; SSL paper Table 3) with the SSL term on its shared layer.
+
+    ``e_m = sigmoid MLP(x_m)`` (``layers_x`` / ``layers_y``, default (512,)); shared layer
+    ``H = sigmoid(p_x W^x e_x + p_y W^y e_y + c)`` (``shared`` = 256 units; an absent modality adds nothing);
+    decoders ``x_m' = V_m sigmoid-MLP(H)`` mirror the encoders with a linear output; loss ``"recon"`` = sum over
+    modalities of the MSE (standardised real-valued input). Ngiam-style augmentation: in training, a fraction
+    ``p_zero`` (2/3: Ngiam's one third audio-only, one third video-only) of the samples loses one modality
+    (uniformly chosen) at the input while both are reconstructed. The RBM pre-training of Ngiam et al. is not
+    done (Glorot initialisation instead). ``sim``, ``lam``, ``schedule`` as for :class:`MRBM`; substeps
+    ``("recon", "sim")``.
+    """
+
+    main_term = "recon"
+    train_defaults = {"optimizer": "adam", "lr": 1e-3, "batch_size": 128}
+
+    def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]], layers_x: Sequence[int] = (512,),
+                 layers_y: Sequence[int] = (512,), shared: int = 256, p_zero: float = 2.0 / 3.0,
+                 sim: str = "none", lam: float = 0.1, schedule: str = "alternate") -> None:
+        super().__init__(dims)
+        self._init_ssl(sim, lam, schedule)
+        lx, ly = _layers(layers_x, "layers_x"), _layers(layers_y, "layers_y")
+        self.save_config(layers_x=lx, layers_y=ly, shared=_positive("shared", shared),
+                         p_zero=check_prob("p_zero", p_zero))
+        dx, dy = flat_dim(self.dims[self.mx]), flat_dim(self.dims[self.my])
+        s = int(shared)
+        self.enc_x = MLP([dx, *lx], "sigmoid", output_activation="sigmoid") if lx else nn.Identity()
+        self.enc_y = MLP([dy, *ly], "sigmoid", output_activation="sigmoid") if ly else nn.Identity()
+        # W^x, W^y without biases and one shared bias c, so the SSL step can touch the weights alone
+        self.shared_x = glorot_(nn.Linear(lx[-1] if lx else dx, s, bias=False))
+        self.shared_y = glorot_(nn.Linear(ly[-1] if ly else dy, s, bias=False))
+        self.shared_bias = nn.Parameter(torch.zeros(s))
+        self.dec_x = MLP([s, *reversed(lx), dx], "sigmoid", output_activation="linear")
+        self.dec_y = MLP([s, *reversed(ly), dy], "sigmoid", output_activation="linear")
+
+    def shared_layer(self, ex: Tensor, ey: Tensor, px: Tensor, py: Tensor) -> Tensor:
+        """``H = sigmoid(p_x W^x e_x + p_y W^y e_y + c)``."""
+        ax = self.shared_x(ex) * px.reshape(-1, 1).to(ex.dtype)
+        ay = self.shared_y(ey) * py.reshape(-1, 1).to(ey.dtype)
+        return torch.sigmoid(ax + ay + self.shared_bias)
+
+    def _zero_one(self, px: Tensor, py: Tensor) -> tuple[Tensor, Tensor]:
+        """Training-time input presence: ``p_zero`` of the complete samples keep only one modality."""
+        p = float(self.config["p_zero"])
+        if not self.training or p == 0.0:
+            return px, py
+        hit = (torch.rand(px.shape, device=px.device) < p) & px & py
+        drop_x = hit & (torch.rand(px.shape, device=px.device) < 0.5)
+        return px & ~drop_x, py & ~(hit & ~drop_x)
+
+    def _main_loss(self, batch: Batch) -> Tensor:
+        x, y, px, py = self._inputs(batch)
+        ix, iy = self._zero_one(px, py)
+        h = self.shared_layer(self.enc_x(x * ix.reshape(-1, 1).to(x.dtype)),
+                              self.enc_y(y * iy.reshape(-1, 1).to(y.dtype)), ix, iy)
+        # both modalities are reconstructed wherever they exist, whichever ones went in
+        return masked_pair_mse(self.dec_x(h), x, px) + masked_pair_mse(self.dec_y(h), y, py)
+
+    def _shared_pair(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        x, y, _, _ = self._inputs(batch)
+        with torch.no_grad():  # SSL moves the shared layer's weights only, not the encoders
+            ex, ey = self.enc_x(x), self.enc_y(y)
+        c = self.shared_bias.detach()
+        hx = torch.sigmoid(self.shared_x(ex) + c)
+        hy = torch.sigmoid(self.shared_y(ey) + c)
+        return self._complete_rows(batch, hx, hy)
+
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        """``{"total", "recon", "sim"}``: augmented reconstruction MSE plus the SSL term."""
+        return self._ssl_loss(batch)
+
+    def encode(self, batch: Batch) -> dict[str, Tensor]:
+        """``{x: H^x, y: H^y}``: the shared layer from each modality alone."""
+        x, y, _, _ = self._inputs(batch)
+        ex, ey = self.enc_x(x), self.enc_y(y)
+        one, zero = torch.ones_like(batch.mask[:, 0]), torch.zeros_like(batch.mask[:, 0])
+        return {self.mx: self.shared_layer(ex, ey, one, zero), self.my: self.shared_layer(ex, ey, zero, one)}
+
+    def embed(self, batch: Batch) -> Tensor:
+        """The shared layer from the present modalities."""
+        x, y, px, py = self._inputs(batch)
+        return self.shared_layer(self.enc_x(x), self.enc_y(y), px, py)
+
+    def reconstruct(self, batch: Batch) -> dict[str, Tensor]:
+        """Both modalities decoded from the shared layer of the present ones (crossmodal when one is absent)."""
+        h = self.embed(batch)
+        return {self.mx: self.dec_x(h).reshape(len(batch), *self.dims[self.mx]),
+                self.my: self.dec_y(h).reshape(len(batch), *self.dims[self.my])}
