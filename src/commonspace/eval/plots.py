@@ -1,0 +1,82 @@
+"""Retrieval curves as PNG files: precision-recall, precision@N, or any labelled lines.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot, no display, no global figure state), and
+writes each file atomically (temp file in the same folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from commonspace.data.dataset import DataError
+from commonspace.data.io import atomic_write
+
+__all__ = ["plot_lines", "plot_pr_curves", "plot_precision_at_n"]
+
+Curve = tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]
+
+
+def plot_lines(
+    curves: Mapping[str, Curve],
+    path: str | os.PathLike,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str | None = None,
+    xlim: tuple[float, float] | None = None,
+    ylim: tuple[float, float] | None = None,
+    logx: bool = False,
+    markers: bool = True,
+    figsize: tuple[float, float] = (5.0, 4.0),
+    dpi: int = 120,
+) -> Path:
+    """One line per ``label -> (x, y)``, legend, grid; saved as PNG at ``path`` (atomic)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise DataError("nothing to plot: curves is empty")
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".png":
+        raise DataError(f"{path}: plots are written as PNG; give the path a .png suffix")
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, (x, y) in curves.items():
+        x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+        if x.shape != y.shape:
+            raise DataError(f"curve {label!r}: x has {x.size} points but y has {y.size}")
+        ax.plot(x, y, marker="o" if markers and x.size <= 40 else None, markersize=3, label=str(label))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if logx:
+        ax.set_xscale("log")
+    if xlim:
+        ax.set_xlim(*xlim)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
+
+
+def plot_pr_curves(curves: Mapping[str, Curve], path: str | os.PathLike, *, title: str | None = None,
+                   **kw) -> Path:
+    """Precision-recall curves, ``label -> (precision, recall)`` (e.g. from ``hamming.pr_curve``)."""
+    swapped = {k: (r, p) for k, (p, r) in curves.items()}  # recall on x, precision on y
+    return plot_lines(swapped, path, xlabel="recall", ylabel="precision", title=title,
+                      xlim=(0.0, 1.0), ylim=(0.0, 1.05), **kw)
+
+
+def plot_precision_at_n(curves: Mapping[str, Curve], path: str | os.PathLike, *, title: str | None = None,
+                        **kw) -> Path:
+    """Precision of the top N, ``label -> (n, precision)`` (e.g. from ``hamming.precision_at_n``)."""
+    return plot_lines(curves, path, xlabel="number of top returned items N", ylabel="precision",
+                      title=title, ylim=(0.0, 1.05), **kw)
