@@ -124,3 +124,22 @@ def test_listing_commands() -> None:
     assert r.exit_code == 0 and "bidnn" in r.output
     r = _run("bench")
     assert r.exit_code == 0 and "bidnn" in r.output
+
+
+def test_index_build_and_query(tmp_path: Path) -> None:
+    data = _own_npz(tmp_path / "my.npz", missing=False)
+    run = tmp_path / "run"
+    assert _run("train", "--data", data, "--model", "cca", "--out", run, "--no-progress").exit_code == 0
+    emb = tmp_path / "emb.npz"
+    assert _run("embed", "--model", run, "--data", data, "--out", emb).exit_code == 0
+    idx = tmp_path / "idx.npz"
+    r = _run("index", "build", "--embeddings", emb, "--out", idx, "--key", "enc_image")
+    assert r.exit_code == 0, r.output
+    res = tmp_path / "res.json"
+    r = _run("index", "query", "--index", idx, "--ids", "0,5", "--k", "3", "--json", res)
+    assert r.exit_code == 0, r.output
+    got = json.loads(res.read_text())
+    assert [g["query"] for g in got] == [0, 5]
+    assert all(len(g["ids"]) == 3 and g["query"] not in g["ids"] for g in got)
+    r = _run("index", "query", "--index", idx, "--k", "3")
+    assert r.exit_code == 2 and "exactly one" in r.output

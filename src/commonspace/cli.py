@@ -295,6 +295,60 @@ def bench(
     run_spec(name, ctx)
 
 
+index_app = typer.Typer(no_args_is_help=True, help="Build and query a FAISS index over embeddings or codes.")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+@_guard
+def index_build(
+    embeddings: Annotated[Path, typer.Option("--embeddings", help=".npz written by `commonspace embed`")],
+    out_path: Annotated[Path, typer.Option("--out", help="the index file to write (one .npz)")],
+    key: Annotated[str, typer.Option(help="array to index: joint, enc_<modality>, or codes")] = "joint",
+    factory: Annotated[str, typer.Option(help="FAISS factory string: Flat, HNSW32, IVF256,Flat, BFlat")] = "Flat",
+    metric: Annotated[str, typer.Option(help="cosine, ip or l2 (ignored for binary codes)")] = "cosine",
+) -> None:
+    """Index one array of an embeddings file; ids are the rows' dataset indices."""
+    from commonspace.index import build_index_from_file
+
+    idx = build_index_from_file(embeddings, out_path, key=key, factory=factory, metric=metric)
+    console.print(f"wrote {out_path}: {idx.ntotal} items, {idx.dim}-{'bit' if key == 'codes' else 'd'}, "
+                  f"factory {idx.factory!r}")
+
+
+@index_app.command("query")
+@_guard
+def index_query(
+    index_path: Annotated[Path, typer.Option("--index", help="an index file from `commonspace index build`")],
+    ids: Annotated[str | None, typer.Option(help="comma-separated stored item ids to query by")] = None,
+    queries: Annotated[Path | None, typer.Option(help=".npz/.npy file of query vectors or codes")] = None,
+    key: Annotated[str, typer.Option(help="array of --queries to use when it is an .npz")] = "joint",
+    k: Annotated[int, typer.Option(help="neighbours per query")] = 10,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON")] = None,
+) -> None:
+    """Nearest neighbours of stored items (--ids) or of new vectors (--queries)."""
+    from commonspace.bench.report import write_atomic
+    from commonspace.data.io import load_array
+    from commonspace.index import query_index
+
+    if (ids is None) == (queries is None):
+        _fail("give exactly one of --ids or --queries")
+    q = None if queries is None else load_array(queries, key if queries.suffix == ".npz" else None)
+    id_list = None if ids is None else [int(x) for x in ids.split(",") if x.strip()]
+    res = query_index(index_path, queries=q, ids=id_list, k=k, exclude_self=id_list is not None)
+    t = Table(title=f"{index_path.name}: top {k}")
+    t.add_column("query")
+    t.add_column("neighbour ids")
+    t.add_column(res[0]["measure"] if res else "score")
+    for r in res:
+        t.add_row(str(r["query"]), " ".join(str(i) for i in r["ids"]),
+                  " ".join(f"{float(v):.3g}" for v in r["values"]))
+    out.print(t)
+    if json_out:
+        clean = [{k2: (v.tolist() if hasattr(v, "tolist") else v) for k2, v in r.items()} for r in res]
+        write_atomic(json_out, json.dumps(clean, indent=2))
+
+
 def main() -> None:
     app()
 
