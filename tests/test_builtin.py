@@ -91,7 +91,8 @@ def test_mfeat_matches_original_csv(shared_data, view):
 
 def test_registry_api():
     rows = builtin.available()
-    names = ["digits-halves", "mnist5k-halves", "mnist5k", "uci-mfeat", "wikipedia", "fsdd-spectrogram", "fsdd-mnist"]
+    names = ["digits-halves", "mnist5k-halves", "mnist5k", "uci-mfeat", "wikipedia", "fsdd-spectrogram", "fsdd-mnist",
+             "noisy-digits", "noisy-digits-fsdd"]
     assert [r["name"] for r in rows] == names
     for r in rows:
         keys = {"name", "description", "samples", "modalities", "splits", "external", "source", "license"}

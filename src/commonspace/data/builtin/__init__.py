@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from commonspace.data.builtin import digits, fsdd, mfeat, mnist, wikipedia
+from commonspace.data.builtin import digits, fsdd, mfeat, mnist, noisy_digits, wikipedia
 from commonspace.data.builtin._common import DatasetUnavailable, Info, find_shared
 from commonspace.data.builtin.mnist import mnist5k
 from commonspace.data.dataset import DataError, MultimodalDataset
@@ -19,7 +19,7 @@ __all__ = ["DatasetUnavailable", "available", "describe", "find_shared", "load",
 
 _REGISTRY: dict[str, Info] = {
     i.name: i for i in (digits.INFO, mnist.HALVES, mnist.MNIST5K, mfeat.INFO, wikipedia.INFO, fsdd.SPECTROGRAM,
-                        fsdd.FSDD_MNIST)
+                        fsdd.FSDD_MNIST, noisy_digits.NOISY, noisy_digits.NOISY_FSDD)
 }
 
 
