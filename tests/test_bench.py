@@ -39,3 +39,15 @@ def test_bidnn_spec_runs_on_digits_and_skips_missing_wikipedia(tmp_path: Path) -
     for r in p10.rows:
         assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in r.values["P@10"])
     assert (tmp_path / "bidnn.json").exists() and (tmp_path / "bidnn.md").exists()
+
+
+def test_ssl_spec_runs_on_digits(tmp_path: Path) -> None:
+    ctx = BenchContext(quick=True, seeds=[0], out_dir=tmp_path, console=Console(file=open(tmp_path / "log.txt", "w")),
+                       progress=False, datasets=["digits-halves"], max_iterations=1)
+    res = run_spec("ssl", ctx)
+    (table,) = res.tables
+    assert [r.method for r in table.rows] == ["MJLL", "SSL H(Hx||Hy)", "SSL H(Hy||Hx)", "SSL corr (CCA)"]
+    for r in table.rows:
+        assert set(r.values) == {"both", "left", "right"}
+        assert all(0.0 <= v[0] <= 1.0 for v in r.values.values())
+    assert r.paper["left"] == "13.23"
