@@ -64,9 +64,11 @@ EXPERIMENTS = [
                "digits-halves", "mrbm", "left", "right", "error", ["both", "left", "right"], PAPER_T1, False,
                {"hidden": 128}, {}, epochs=60, quick_epochs=20, batch_size=256),
     Experiment("wikipedia", "Table 2 analog: MDBN on Wikipedia image + text, classification MAP (%)",
-               "wikipedia", "mdbn", "image", "text", "map", ["both", "image"], PAPER_T2, True,
-               {"layers_x": [256, 128], "layers_y": [32, 32], "shared": 128}, {}, epochs=30, quick_epochs=8,
-               needs_shared=True, batch_size=256),
+               "wikipedia", "mdbn", "image", "text", "map", ["both", "image", "text"], PAPER_T2, True,
+               {"layers_x": [64], "layers_y": [64], "shared": 64}, {}, epochs=20, quick_epochs=8,
+               needs_shared=True, batch_size=128,
+               note="The 'text' column is not in the paper's table; it shows what the text pathway alone "
+               "carries (raw LDA features give a classification MAP of about 67%)."),
     Experiment("fsdd-mnist", "Table 3 analog: MDAE on spoken digits (FSDD) + MNIST digits, accuracy (%)",
                "fsdd-mnist", "mdae", "audio", "image", "accuracy", ["both", "audio"], PAPER_T3, True,
                {"layers_x": [256], "layers_y": [256], "shared": 64}, {}, epochs=60, quick_epochs=20,
@@ -113,7 +115,8 @@ def _run_experiment(ex: Experiment, ctx: BenchContext, data: MultimodalDataset) 
             for c, v in res.items():
                 d.setdefault(c, []).append(v)
     paper_cols = {c: i for i, c in enumerate(ex.columns)}
-    table_rows = [Row(label, vals, {c: ex.paper[label][paper_cols[c]] for c in ex.columns})
+    table_rows = [Row(label, vals, {c: ex.paper[label][paper_cols[c]] for c in ex.columns
+                                    if paper_cols[c] < len(ex.paper[label])})
                   for label, vals in rows.items()]
     notes = ["Probe: logistic regression fitted on the training set's shared representation and tested on the "
              f"test set's, under the same input condition ({', '.join(ex.columns)}; a single-modality input has "
