@@ -71,7 +71,7 @@ EXPERIMENTS = [
                "carries (raw LDA features give a classification MAP of about 67%)."),
     Experiment("fsdd-mnist", "Table 3 analog: MDAE on spoken digits (FSDD) + MNIST digits, accuracy (%)",
                "fsdd-mnist", "mdae", "audio", "image", "accuracy", ["both", "audio"], PAPER_T3, True,
-               {"layers_x": [256], "layers_y": [256], "shared": 64}, {}, epochs=60, quick_epochs=20,
+               {"layers_x": [256], "layers_y": [256], "shared": 64}, {}, epochs=60, quick_epochs=12,
                needs_shared=True, batch_size=128,
                note="Audio and image are paired by class, not by instance (as in AV-MNIST style setups)."),
 ]
