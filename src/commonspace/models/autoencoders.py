@@ -179,13 +179,7 @@ class SplitAutoencoder(MultimodalModel):
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """The central layer from each modality alone."""
-        mask = self._mask(batch)
-        out = {}
-        for j, m in enumerate(self.modalities):
-            alone = torch.zeros_like(mask)
-            alone[:, j] = mask[:, j]
-            out[m] = self.central(batch, alone)
-        return out
+        return self.each_alone(self._mask(batch), lambda alone: self.central(batch, alone))
 
     def translate(self, batch: Batch, target: str) -> Tensor:
         """Reconstruction of ``target`` from the other present modalities; zeros where none is present."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from commonspace.data.dataset import Batch, DataError, MultimodalDataset
 
-__all__ = ["MultimodalModel", "Stage", "create", "register", "available_models", "model_class"]
+__all__ = ["MultimodalModel", "Stage", "available_models", "create", "model_class", "per_modality", "register"]
 
 
 @dataclass
@@ -88,6 +88,15 @@ class MultimodalModel(nn.Module):
         """The joint vector from whatever modalities are present."""
         raise NotImplementedError
 
+    def each_alone(self, mask: Tensor, fn: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+        """``{m: fn(mask with only modality m kept)}``: per-modality codes computed from one modality alone."""
+        out = {}
+        for j, m in enumerate(self.modalities):
+            alone = torch.zeros_like(mask)
+            alone[:, j] = mask[:, j]
+            out[m] = fn(alone)
+        return out
+
     def fit_closed_form(self, data: MultimodalDataset, split: str = "train") -> None:
         """For models with ``trainable = False``: fit directly from data."""
         raise NotImplementedError
@@ -123,6 +132,26 @@ class MultimodalModel(nn.Module):
 
     def embed_dataset(self, data: MultimodalDataset, index: Tensor | str | None = None) -> Tensor:
         return self.apply_batches(data, self.embed, index)
+
+
+def per_modality(name: str, value: Any, modalities: Sequence[str], cast: Callable[[Any], Any] = float,
+                 lists: bool = True) -> dict[str, Any]:
+    """A hyper-parameter given once, as a {modality: value} mapping, or (``lists``) as a list in modality order.
+
+    With ``lists=False`` a list is one value shared by every modality (e.g. hidden layer sizes).
+    """
+    if isinstance(value, Mapping):
+        missing = [m for m in modalities if m not in value]
+        extra = [m for m in value if m not in modalities]
+        if missing or extra:
+            raise DataError(f"{name} must give a value for each modality {list(modalities)}; missing {missing}, "
+                            f"unknown {extra}")
+        return {m: cast(value[m]) for m in modalities}
+    if lists and isinstance(value, list | tuple):
+        if len(value) != len(modalities):
+            raise DataError(f"{name} has {len(value)} values for {len(modalities)} modalities {list(modalities)}")
+        return {m: cast(v) for m, v in zip(modalities, value, strict=True)}
+    return {m: cast(value) for m in modalities}
 
 
 _REGISTRY: dict[str, type[MultimodalModel]] = {}

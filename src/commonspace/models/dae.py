@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from commonspace.data.dataset import Batch, DataError, MultimodalDataset
-from commonspace.models.base import MultimodalModel, register
+from commonspace.models.base import MultimodalModel, per_modality, register
 from commonspace.models.vae import (
     check_activation,
     check_bernoulli_range,
@@ -22,7 +22,6 @@ from commonspace.models.vae import (
     layer_sizes,
     likelihoods,
     output_mean,
-    per_modality,
     reconstruction_loss,
 )
 from commonspace.nn.mlp import MLP, check_prob, flat_dim, masked_flat
@@ -65,7 +64,7 @@ class DenoisingAutoencoder(MultimodalModel):
         if any(not h for h in self.hidden.values()):
             raise DataError("the DAE needs at least one hidden layer per modality (the blocks that are fused)")
         self.kinds = likelihoods(likelihood, self.modalities)
-        self.rec_weight = per_modality("rec_weight", rec_weight, self.modalities)
+        self.rec_weight = per_modality("rec_weight", rec_weight, self.modalities, lists=False)
         self.noise_rate = check_prob("noise_rate", noise_rate)
         if self.noise_rate == 1.0:
             raise DataError("noise_rate=1 would zero every input; use a rate below 1")
@@ -140,13 +139,7 @@ class DenoisingAutoencoder(MultimodalModel):
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """The shared latent layer from each modality alone."""
-        mask = self._mask(batch)
-        out = {}
-        for j, m in enumerate(self.modalities):
-            alone = torch.zeros_like(mask)
-            alone[:, j] = mask[:, j]
-            out[m] = self.latent_code(batch, alone)
-        return out
+        return self.each_alone(self._mask(batch), lambda alone: self.latent_code(batch, alone))
 
     def reconstruct(self, batch: Batch) -> dict[str, Tensor]:
         """Every modality decoded (mean) from ``embed``; missing ones are thereby imputed."""

@@ -9,7 +9,7 @@ every choice the paper leaves open.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from commonspace.data.dataset import Batch, DataError, MultimodalDataset
 from commonspace.losses.importance import bernoulli_kl_prior, importance_pool, weighted_cross_covariance_loss
-from commonspace.models.base import MultimodalModel, Stage, register
+from commonspace.models.base import MultimodalModel, Stage, per_modality, register
 from commonspace.nn.mlp import ACTIVATIONS, MLP, flat_dim
 
 __all__ = ["IMA", "bag_embed"]
@@ -26,27 +26,10 @@ __all__ = ["IMA", "bag_embed"]
 _RECON = ("bce", "sse")
 
 
-def _per_modality(name: str, value: Any, modalities: Sequence[str],
-                  cast: Callable[[Any], Any] = float) -> dict[str, Any]:
-    """A hyper-parameter given once, as a list in modality order, or as a {modality: value} mapping."""
-    if isinstance(value, Mapping):
-        missing = [m for m in modalities if m not in value]
-        extra = [m for m in value if m not in modalities]
-        if missing or extra:
-            raise DataError(f"{name} must give a value for each modality {list(modalities)}; missing {missing}, "
-                            f"unknown {extra}")
-        return {m: cast(value[m]) for m in modalities}
-    if isinstance(value, list | tuple):
-        if len(value) != len(modalities):
-            raise DataError(f"{name} has {len(value)} values for {len(modalities)} modalities {list(modalities)}")
-        return {m: cast(v) for m, v in zip(modalities, value, strict=True)}
-    return {m: cast(value) for m in modalities}
-
-
 def _sizes(name: str, value: Any, modalities: Sequence[str]) -> dict[str, list[int]]:
     """Hidden layer sizes: one sequence for all modalities or a {modality: sequence} mapping."""
     if isinstance(value, Mapping):
-        out = _per_modality(name, value, modalities, cast=lambda v: [int(s) for s in ([v] if isinstance(v, int)
+        out = per_modality(name, value, modalities, cast=lambda v: [int(s) for s in ([v] if isinstance(v, int)
                                                                                        else v)])
     else:
         seq = [int(value)] if isinstance(value, int) else [int(s) for s in value]
@@ -101,14 +84,14 @@ class IMA(MultimodalModel):
             raise DataError(f"latent must be positive, got {latent}")
         if activation not in ACTIVATIONS:
             raise DataError(f"activation={activation!r}; choose one of {list(ACTIVATIONS)}")
-        recon_d = _per_modality("recon", recon, mods, cast=str)
+        recon_d = per_modality("recon", recon, mods, cast=str)
         bad = {m: r for m, r in recon_d.items() if r not in _RECON}
         if bad:
             raise DataError(f"recon must be one of {list(_RECON)} (per modality); got {bad}")
-        rho_d = _per_modality("rho", rho, mods)
+        rho_d = per_modality("rho", rho, mods)
         if any(not 0.0 <= r <= 1.0 for r in rho_d.values()):
             raise DataError(f"rho must lie in [0, 1] (the prior fraction of important samples); got {rho_d}")
-        lam = {k: _per_modality(k, v, mods) for k, v in (("lambda_rec", lambda_rec), ("lambda_align", lambda_align),
+        lam = {k: per_modality(k, v, mods) for k, v in (("lambda_rec", lambda_rec), ("lambda_align", lambda_align),
                                                          ("lambda_corr", lambda_corr),
                                                          ("lambda_local", lambda_local))}
         if int(rounds) < 1:

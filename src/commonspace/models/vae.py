@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from commonspace.data.dataset import Batch, DataError, MultimodalDataset
-from commonspace.models.base import MultimodalModel, register
+from commonspace.models.base import MultimodalModel, per_modality, register
 from commonspace.nn.mlp import ACTIVATIONS, MLP, flat_dim, masked_flat
 
 __all__ = [
@@ -41,25 +41,13 @@ _MAX_JMVAE_MODALITIES = 10
 
 
 # ----------------------------------------------------------------------------------------- shared helpers
-def per_modality(name: str, value: Any, modalities: Sequence[str], cast: Any = float) -> dict[str, Any]:
-    """A hyper-parameter given once or as a {modality: value} mapping, returned as a full mapping."""
-    if isinstance(value, Mapping):
-        missing = [m for m in modalities if m not in value]
-        extra = [m for m in value if m not in modalities]
-        if missing or extra:
-            raise DataError(f"{name} must give a value for each modality {list(modalities)}; missing {missing}, "
-                            f"unknown {extra}")
-        return {m: cast(value[m]) for m in modalities}
-    return {m: cast(value) for m in modalities}
-
-
 def layer_sizes(name: str, value: Any, modalities: Sequence[str]) -> dict[str, list[int]]:
     """Hidden layer sizes: one sequence (or int) for all modalities, or a {modality: sequence} mapping."""
 
     def seq(v: Any) -> list[int]:
         return [int(v)] if isinstance(v, int) else [int(s) for s in v]
 
-    out = per_modality(name, value, modalities, cast=seq)
+    out = per_modality(name, value, modalities, cast=seq, lists=False)
     for m, sizes in out.items():
         if any(s < 1 for s in sizes):
             raise DataError(f"{name} for modality {m!r} has a non-positive layer size: {sizes}")
@@ -75,7 +63,7 @@ def likelihoods(value: Any, modalities: Sequence[str]) -> dict[str, str]:
                             "'gaussian' (SSE)")
         return _LIKELIHOODS[str(v).lower()]
 
-    return per_modality("likelihood", value, modalities, cast=norm)
+    return per_modality("likelihood", value, modalities, cast=norm, lists=False)
 
 
 def config_value(value: Any) -> Any:
@@ -275,7 +263,7 @@ class MVAE(_VAEBase):
         self._setup(hidden, latent, activation, likelihood, beta, anneal_steps, "MVAE")
         if int(subsets) < 0:
             raise DataError(f"subsets must be >= 0, got {subsets}")
-        self.rec_weight = per_modality("rec_weight", rec_weight, self.modalities)
+        self.rec_weight = per_modality("rec_weight", rec_weight, self.modalities, lists=False)
         self.subsets = int(subsets)
         self.save_config(latent=self.latent, hidden=config_value(hidden), activation=activation,
                          likelihood=config_value(likelihood), rec_weight=config_value(rec_weight),
