@@ -1,0 +1,82 @@
+"""The ``hashing`` bench spec with tiny settings: rows, MAP values in [0, 1], PNG curves, clean skips."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from commonspace.bench.runner import BenchContext, available_specs, run_spec
+from commonspace.bench.specs import hashing
+from commonspace.data.builtin.two_digits import build_two_digit_set
+
+
+def _fake_audio():
+    """Stand-in utterance features (no FSDD needed): digit-dependent means plus noise."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 10)
+    x = (rng.normal(size=(y.size, 8)) + np.eye(10, 8)[y] * 2).astype(np.float32)
+    take = np.arange(y.size) % 10
+    return x, y, {"train": np.flatnonzero(take < 6), "val": np.flatnonzero(take == 6),
+                  "test": np.flatnonzero(take > 6)}
+
+
+def _ctx(tmp_path: Path, data_root: Path | None) -> BenchContext:
+    return BenchContext(quick=True, seeds=[0], out_dir=tmp_path, data_root=data_root,
+                        console=Console(file=open(tmp_path / "log.txt", "w")), progress=False,
+                        datasets=["wikipedia", "two-digits"], max_iterations=1)
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One epoch, a 300-item Wikipedia train subset, a 200-item two-digit set on synthetic audio."""
+    tiny_settings = []
+    for s in hashing.SETTINGS:
+        if s.key == "wikipedia":
+            plan = dataclasses.replace(s.quick, train_cap=300)
+        else:
+            plan = dataclasses.replace(s.quick, sizes={"n": 200, "n_query": 40, "n_train": 100, "n_val": 30},
+                                       hp={**s.quick.hp, "image_width": 16})
+        tiny_settings.append(dataclasses.replace(s, quick=plan))
+    monkeypatch.setattr(hashing, "SETTINGS", tiny_settings)
+    x, y, splits = _fake_audio()
+    monkeypatch.setattr(hashing, "load_two_digits", lambda root, sizes: build_two_digit_set(
+        seed=0, audio=x, audio_labels=y, audio_splits=splits, **sizes))
+
+
+def test_hashing_spec_tiny(tmp_path: Path, tiny: None) -> None:
+    assert "hashing" in {s.name for s in available_specs()}
+    res = run_spec("hashing", _ctx(tmp_path, None))  # Wikipedia from shared/data when present
+    ran = [t.title.split(":")[0] for t in res.tables if "MAP@all" in t.title]
+    assert "two-digits" in ran
+    if "wikipedia" not in ran:
+        assert [k for k, _ in res.skipped] == ["wikipedia"] and "wikipedia" in res.skipped[0][1].lower()
+    expected = {m.label for m in hashing.methods("audio")}
+    for t in res.tables:
+        key = t.title.split(":")[0]
+        if "MAP@all" in t.title:
+            assert t.metrics == ["32 bits"]
+            assert {r.method for r in t.rows} == {m.label for m in hashing.methods(
+                "audio" if key == "two-digits" else "text")}
+            for r in t.rows:
+                assert len(r.values["32 bits"]) == 1
+                assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in r.values["32 bits"])
+        else:  # the paired differences to the fusion baselines and ablations
+            assert {r.method for r in t.rows} == {f"Ours - {b}" for b in hashing.FUSION_BASELINES}
+        for group in ("fusion", "unimodal"):
+            assert (tmp_path / f"{key}_pr_32bits_{group}.png").stat().st_size > 0
+            assert (tmp_path / f"{key}_precision_at_n_32bits_{group}.png").stat().st_size > 0
+    assert expected <= {r.method for t in res.tables for r in t.rows}
+    assert (tmp_path / "hashing.json").exists() and (tmp_path / "hashing.md").exists()
+
+
+def test_hashing_spec_skips_missing_data(tmp_path: Path) -> None:
+    res = run_spec("hashing", _ctx(tmp_path, tmp_path / "nowhere"))
+    assert [k for k, _ in res.skipped] == ["wikipedia", "two-digits"]
+    assert "wikipedia" in res.skipped[0][1].lower() and "spoken digit" in res.skipped[1][1].lower()
+    assert res.tables == []
+    assert (tmp_path / "hashing.md").exists()
