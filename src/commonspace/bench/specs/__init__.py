@@ -1,3 +1,3 @@
 """Benchmark specs, one module per paper; importing this package registers them."""
 
-from commonspace.bench.specs import bidnn, cvs, hashing, ssl  # noqa: F401
+from commonspace.bench.specs import bidnn, cvs, hashing, ima, ssl  # noqa: F401

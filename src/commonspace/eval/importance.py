@@ -1,0 +1,77 @@
+"""Importance detection scores: how well learnt importances ``y`` separate noise from signal (IMA Sec. 5.2, Fig. 6).
+
+The noise class is the positive class (the IMA paper's Figure 6: "positive indicates presence of noise"): a
+sample is predicted noise when its importance is below ``threshold`` (0.5 by default, the sigmoid's middle).
+Everything is vectorised over samples, modalities (columns) and thresholds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from torch import Tensor
+
+from commonspace.data.dataset import DataError
+
+__all__ = ["noise_detection_scores"]
+
+
+def _np(x: object, what: str) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{what}: cannot convert to an array ({exc})") from exc
+
+
+def noise_detection_scores(importance: object, is_noise: object, threshold: float | Sequence[float] = 0.5,
+                           mask: object | None = None) -> dict[str, np.ndarray | float]:
+    """Precision, recall and F1 of the noise class, predicted as ``importance < threshold``.
+
+    ``importance``: (N,) or (N, M) scores in [0, 1] (M modalities as columns, e.g. ``IMA.importance``);
+    ``is_noise``: bool of the same shape, the ground truth; ``mask`` (same shape, optional): which entries
+    count (e.g. present modalities; a missing modality's importance is 0 and would count as "noise").
+    ``threshold``: a scalar, or a 1-D sequence of T thresholds (a leading axis of length T in the results).
+
+    Returns numpy arrays (floats for a scalar threshold and (N,) inputs) of shape ``[T,] [M]``: ``precision``
+    = TP / (TP + FP), ``recall`` = TP / (TP + FN), ``f1`` = 2 P R / (P + R), ``accuracy`` (both classes),
+    ``misclassified`` = 1 - accuracy, and the counts ``tp``, ``fp``, ``fn``, ``tn``. A ratio whose
+    denominator is 0 (nothing predicted noise, no noise present) is 0, scikit-learn's ``zero_division=0``.
+    """
+    y = _np(importance, "importance").astype(np.float64, copy=False)
+    truth = _np(is_noise, "is_noise")
+    if truth.dtype != np.bool_:
+        if not np.isin(truth, (0, 1)).all():
+            raise DataError("is_noise must be boolean (or 0/1): True where the sample is noise")
+        truth = truth.astype(bool)
+    if y.ndim not in (1, 2) or truth.shape != y.shape:
+        raise DataError(f"importance {y.shape} and is_noise {truth.shape} must have the same (N,) or (N, M) shape")
+    if np.isnan(y).any():
+        raise DataError("importance contains NaN")
+    keep = np.ones_like(truth) if mask is None else _np(mask, "mask").astype(bool)
+    if keep.shape != y.shape:
+        raise DataError(f"mask {keep.shape} must have the shape of importance {y.shape}")
+    th = np.asarray(threshold, dtype=np.float64)
+    if th.ndim > 1:
+        raise DataError(f"threshold must be a scalar or a 1-D sequence, got shape {th.shape}")
+    t = th.reshape(-1, *([1] * y.ndim))  # (T, 1[, 1]) broadcasts against (N[, M])
+    pred = y[None] < t  # (T, N[, M])
+    pos, kept = truth[None] & keep[None], keep[None]
+    tp = (pred & pos).sum(1)
+    fp = (pred & ~truth[None] & kept).sum(1)
+    fn = (~pred & pos).sum(1)
+    tn = (~pred & ~truth[None] & kept).sum(1)
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b > 0)
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    f1 = ratio(2 * precision * recall, precision + recall)
+    accuracy = ratio(tp + tn, tp + fp + fn + tn)
+    out = {"precision": precision, "recall": recall, "f1": f1, "accuracy": accuracy, "misclassified": 1 - accuracy,
+           "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    if th.ndim == 0:
+        out = {k: v[0] for k, v in out.items()}
+    return {k: (v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in out.items()}

@@ -1,0 +1,65 @@
+"""Noise-detection precision / recall / F1 from importance scores, checked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from commonspace.data.dataset import DataError
+from commonspace.eval.importance import noise_detection_scores
+
+# 6 samples: 2 noise (rows 0, 1). Predicted noise (y < 0.5): rows 0, 2, 3 -> TP 1, FP 2, FN 1, TN 2.
+Y = np.array([0.1, 0.9, 0.2, 0.4, 0.7, 0.6])
+NOISE = np.array([True, True, False, False, False, False])
+
+
+def test_by_hand():
+    r = noise_detection_scores(Y, NOISE)
+    assert (r["tp"], r["fp"], r["fn"], r["tn"]) == (1, 2, 1, 2)
+    assert r["precision"] == pytest.approx(1 / 3)
+    assert r["recall"] == pytest.approx(1 / 2)
+    assert r["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))  # = 0.4
+    assert r["f1"] == pytest.approx(0.4)
+    assert r["accuracy"] == pytest.approx(3 / 6)
+    assert r["misclassified"] == pytest.approx(0.5)
+    assert isinstance(r["f1"], float)
+
+
+def test_threshold_argument_and_sweep():
+    # threshold 0.95: every row predicted noise -> TP 2, FP 4, recall 1
+    r = noise_detection_scores(Y, NOISE, threshold=0.95)
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 4, 0)
+    assert r["precision"] == pytest.approx(1 / 3) and r["recall"] == 1.0
+    sweep = noise_detection_scores(Y, NOISE, threshold=[0.05, 0.5, 0.95])
+    assert sweep["f1"].shape == (3,)
+    assert sweep["f1"][0] == 0.0  # nothing predicted noise: zero_division = 0
+    assert sweep["precision"][0] == 0.0 and sweep["recall"][0] == 0.0
+    assert sweep["f1"][1] == pytest.approx(0.4)
+    assert sweep["f1"][2] == pytest.approx(r["f1"])
+
+
+def test_columns_are_modalities_and_mask():
+    y = torch.tensor(np.stack([Y, 1 - Y], 1))  # (6, 2): the second column flips every prediction
+    truth = np.stack([NOISE, NOISE], 1)
+    r = noise_detection_scores(y, truth)
+    assert r["f1"].shape == (2,)
+    assert r["f1"][0] == pytest.approx(0.4)
+    # column 1 predicts rows 1, 4, 5 (1 - y < 0.5): TP 1, FP 2, FN 1
+    assert (r["tp"][1], r["fp"][1], r["fn"][1]) == (1, 2, 1)
+    # masking out rows 2 and 3 removes column 0's false positives
+    mask = np.ones((6, 2), bool)
+    mask[[2, 3], 0] = False
+    r = noise_detection_scores(y, truth, mask=mask)
+    assert r["precision"][0] == 1.0 and r["fp"][0] == 0 and r["tn"][0] == 2
+    sweep = noise_detection_scores(y, truth, threshold=np.array([0.3, 0.5]))
+    assert sweep["f1"].shape == (2, 2)
+
+
+def test_errors():
+    with pytest.raises(DataError):
+        noise_detection_scores(Y, NOISE[:3])
+    with pytest.raises(DataError):
+        noise_detection_scores(Y, np.array([0, 2, 0, 0, 0, 0]))
+    with pytest.raises(DataError):
+        noise_detection_scores(Y, NOISE, threshold=[[0.5]])
