@@ -10,6 +10,7 @@ import torch
 from commonspace.data.dataset import Batch, DataError
 from commonspace.models.base import model_class
 from commonspace.models.dae import DenoisingAutoencoder
+from test_vae import adam_steps
 
 SMALL = {"latent": 3, "hidden": [16]}
 
@@ -20,24 +21,6 @@ def synthetic(n: int = 128, seed: int = 0) -> Batch:
     feats = {m: t @ torch.randn(2, d, generator=g) + 0.1 * torch.randn(n, d, generator=g)
              for m, d in (("a", 6), ("b", 5), ("c", 4))}
     return Batch(feats, torch.ones(n, 3, dtype=torch.bool), ("a", "b", "c"))
-
-
-def adam_steps(model, batch: Batch, n: int = 200, lr: float = 1e-2) -> tuple[float, float]:
-    """Mean total loss over the first and the last 20 of ``n`` full-batch Adam steps."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny layers: extra threads only contend (tens of times slower on a busy host)
-    try:
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        hist = []
-        for _ in range(n):
-            opt.zero_grad()
-            loss = model.loss(batch)["total"]
-            loss.backward()
-            opt.step()
-            hist.append(float(loss.detach()))
-    finally:
-        torch.set_num_threads(threads)
-    return sum(hist[:20]) / 20, sum(hist[-20:]) / 20
 
 
 def test_corruption_only_in_training_and_at_the_rate():

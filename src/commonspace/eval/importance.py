@@ -10,20 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from torch import Tensor
 
 from commonspace.data.dataset import DataError
+from commonspace.eval.probe import _np
 
 __all__ = ["noise_detection_scores"]
-
-
-def _np(x: object, what: str) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    try:
-        return np.asarray(x)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{what}: cannot convert to an array ({exc})") from exc
 
 
 def noise_detection_scores(importance: object, is_noise: object, threshold: float | Sequence[float] = 0.5,
