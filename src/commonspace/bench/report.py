@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,14 +131,8 @@ class BenchResult:
         return [j, md]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder so a crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_atomic(path: Path, text: str) -> Path:
+    """Write text through :func:`commonspace.data.io.atomic_write`: never a half-written file."""
+    from commonspace.data.io import atomic_write
+
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -110,13 +110,12 @@ def _epochs(n_train: int, batch: int, iterations: int) -> int:
 
 def _train(name: str, data: MultimodalDataset, seed: int, iterations: int, patience: int,
            progress: bool, **hp):
+    torch.manual_seed(seed)
     model = create(name, data.dims, **hp)
     n_train = int(data.mask[data.split("train")].all(1).sum())
     cfg = TrainConfig.for_model(model, seed=seed, progress=progress, monitor="val_metric", mode="max",
                                 patience=patience)
     cfg.epochs = _epochs(n_train, cfg.batch_size, iterations)
-    torch.manual_seed(seed)
-    model = create(name, data.dims, **hp)
     Trainer(model, cfg, val_metric=_p10_metric).fit(data, train="train", val="val", resume=False)
     return model
 
