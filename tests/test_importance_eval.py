@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from commonspace.data.dataset import DataError
-from commonspace.eval.importance import noise_detection_scores
+from commonspace.eval.importance import noise_detection_auc, noise_detection_scores
 
 # 6 samples: 2 noise (rows 0, 1). Predicted noise (y < 0.5): rows 0, 2, 3 -> TP 1, FP 2, FN 1, TN 2.
 Y = np.array([0.1, 0.9, 0.2, 0.4, 0.7, 0.6])
@@ -63,3 +63,22 @@ def test_errors():
         noise_detection_scores(Y, np.array([0, 2, 0, 0, 0, 0]))
     with pytest.raises(DataError):
         noise_detection_scores(Y, NOISE, threshold=[[0.5]])
+
+
+def test_auc_counts_correctly_ranked_pairs():
+    # noise = rows 0, 1; a perfect ranking, then one swapped pair out of 2 * 3
+    y = np.array([0.1, 0.2, 0.3, 0.4, 0.9])
+    noise = np.array([True, True, False, False, False])
+    assert noise_detection_auc(y, noise) == 1.0
+    y2 = np.array([0.35, 0.2, 0.3, 0.4, 0.9])  # 0.35 > 0.3: 1 wrong pair of 6
+    assert noise_detection_auc(y2, noise) == pytest.approx(5 / 6)
+    assert noise_detection_auc(1 - y, noise) == 0.0
+
+
+def test_auc_per_column_mask_and_single_class():
+    y = np.array([[0.1, 0.5], [0.9, 0.5], [0.8, 0.5]])
+    noise = np.array([[True, False], [False, False], [False, False]])
+    out = noise_detection_auc(y, noise)
+    assert out[0] == 1.0 and np.isnan(out[1])
+    # masking the noise row leaves one class: NaN
+    assert np.isnan(noise_detection_auc(y[:, 0], noise[:, 0], mask=np.array([False, True, True])))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from commonspace.losses.triplet import same_label, semihard_negatives, squared_distances, triplet_loss
@@ -84,3 +85,34 @@ def test_no_valid_triplet_gives_a_differentiable_zero() -> None:
     assert float(loss.detach()) == 0.0
     loss.backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def _brute_force(d_ap: torch.Tensor, d_an: torch.Tensor, neg: torch.Tensor, margin: float):
+    """The definition, one (anchor, positive) at a time: the closest negative inside the band, else the hardest."""
+    a_n, p_n = d_ap.shape
+    idx = torch.zeros(a_n, p_n, dtype=torch.long)
+    semi = torch.zeros(a_n, p_n, dtype=torch.bool)
+    for a in range(a_n):
+        negs = [k for k in range(d_an.shape[1]) if neg[a, k]]
+        hard = min(negs, key=lambda k: (d_an[a, k].item(), k)) if negs else 0
+        for p in range(p_n):
+            band = [k for k in negs if d_ap[a, p] < d_an[a, k] < d_ap[a, p] + margin]
+            if band:
+                idx[a, p], semi[a, p] = min(band, key=lambda k: (d_an[a, k].item(), k)), True
+            else:
+                idx[a, p] = hard
+    return idx, semi
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mining_matches_the_definition_on_random_batches(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, 3, generator=g)
+    d = squared_distances(x, x).round(decimals=1)  # rounding makes ties, which go to the lowest column
+    y = torch.randint(0, 3, (12,), generator=g)
+    neg = ~same_label(y, y)
+    neg[0] = False  # an anchor without negatives
+    idx, semi = semihard_negatives(d, d, neg, margin=1.0)
+    ref_idx, ref_semi = _brute_force(d, d, neg, 1.0)
+    assert torch.equal(semi, ref_semi)
+    assert torch.equal(idx, ref_idx)

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from commonspace.data.dataset import DataError
 from commonspace.eval.probe import _np
 
-__all__ = ["noise_detection_scores"]
+__all__ = ["noise_detection_auc", "noise_detection_scores"]
 
 
 def noise_detection_scores(importance: object, is_noise: object, threshold: float | Sequence[float] = 0.5,
@@ -66,3 +67,23 @@ def noise_detection_scores(importance: object, is_noise: object, threshold: floa
     if th.ndim == 0:
         out = {k: v[0] for k, v in out.items()}
     return {k: (v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in out.items()}
+
+
+def noise_detection_auc(importance: object, is_noise: object, mask: object | None = None) -> float | np.ndarray:
+    """Threshold-free detection quality: ROC AUC of ``-importance`` as a score for the noise class.
+
+    1.0 when every noise sample has a lower importance than every clean one, 0.5 for a random ranking, whatever
+    the scale of ``y`` (the 0.5 threshold of :func:`noise_detection_scores` can miss a ranking that is right).
+    Shapes as in :func:`noise_detection_scores`; returns a float for (N,) inputs, else (M,). A column with only
+    one class among its kept entries has no AUC and gives NaN.
+    """
+    y = _np(importance, "importance").astype(np.float64, copy=False)
+    truth = _np(is_noise, "is_noise").astype(bool)
+    if y.ndim not in (1, 2) or truth.shape != y.shape:
+        raise DataError(f"importance {y.shape} and is_noise {truth.shape} must have the same (N,) or (N, M) shape")
+    keep = np.ones_like(truth) if mask is None else _np(mask, "mask").astype(bool)
+    if keep.shape != y.shape:
+        raise DataError(f"mask {keep.shape} must have the shape of importance {y.shape}")
+    cols = [(y, truth, keep)] if y.ndim == 1 else [(y[:, j], truth[:, j], keep[:, j]) for j in range(y.shape[1])]
+    out = np.array([roc_auc_score(t[k], -s[k]) if 0 < t[k].sum() < k.sum() else np.nan for s, t, k in cols])
+    return float(out[0]) if y.ndim == 1 else out

@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
 from commonspace.data.dataset import DataError
+from commonspace.train.optim import make_adam
 
 __all__ = ["mlp_probe", "logistic_probe", "classification_map"]
 
@@ -160,7 +161,7 @@ def mlp_probe(
         torch.manual_seed(seed)
         model = nn.Sequential(nn.Linear(Xtr.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, n_out))
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        opt = make_adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         best = (float("inf"), 0, None)
         bad = 0
         n = Xtr.shape[0]

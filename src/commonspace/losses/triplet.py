@@ -34,16 +34,23 @@ def semihard_negatives(d_ap: Tensor, d_an: Tensor, neg_mask: Tensor, margin: flo
     ``d_ap`` (A, P) anchor-positive distances, ``d_an`` (A, N) anchor-candidate distances, ``neg_mask`` (A, N)
     which candidates are negatives of each anchor. Returns ``(index, semihard)``, both (A, P): the chosen column
     of ``d_an`` and whether it came from the semi-hard band (else the fallback, the anchor's hardest negative).
-    Anchors without any negative get index 0 and ``semihard`` False; callers drop them.
+    Ties go to the lowest column. Anchors without any negative get index 0 and ``semihard`` False; callers drop
+    them.
+
+    Each anchor's negatives are sorted once and every positive's band start found by binary search: O(A N log N)
+    instead of the O(A P N) band tensor, and no autograd graph (only indices leave this function).
     """
-    inf = torch.tensor(float("inf"), dtype=d_an.dtype, device=d_an.device)
-    dn = d_an.unsqueeze(1)  # (A, 1, N)
-    dp = d_ap.unsqueeze(2)  # (A, P, 1)
-    band = (dn > dp) & (dn < dp + margin) & neg_mask.unsqueeze(1)  # (A, P, N)
-    semi_d, semi_idx = torch.where(band, dn, inf).min(2)
-    hard_idx = torch.where(neg_mask, d_an, inf).argmin(1, keepdim=True).expand_as(semi_idx)
-    semihard = torch.isfinite(semi_d)
-    return torch.where(semihard, semi_idx, hard_idx), semihard
+    with torch.no_grad():
+        n = d_an.shape[1]
+        inf = torch.tensor(float("inf"), dtype=d_an.dtype, device=d_an.device)
+        dn, order = torch.where(neg_mask, d_an, inf).sort(dim=1, stable=True)
+        dp = d_ap.detach().contiguous()
+        first = torch.searchsorted(dn, dp, right=True)  # first negative strictly farther than the positive
+        at = first.clamp_max(n - 1)
+        cand = dn.gather(1, at)
+        semihard = (first < n) & (cand < dp + margin) & torch.isfinite(cand)
+        hard = order[:, :1].expand_as(at)
+        return torch.where(semihard, order.gather(1, at), hard), semihard
 
 
 def triplet_loss(anchors: Tensor, others: Tensor, y_a: Tensor, y_o: Tensor, margin: float,

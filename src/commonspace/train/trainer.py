@@ -27,6 +27,7 @@ from commonspace.train.checkpoint import (
 from commonspace.train.config import RUNTIME_FIELDS, TrainConfig
 from commonspace.train.distributed import DistInfo, barrier, init_distributed, shard
 from commonspace.train.logging import Progress, RunLogger, log, require_tensorboard
+from commonspace.train.optim import make_adam
 from commonspace.train.seed import get_rng_state, seed_everything, set_rng_state, shuffle_generator
 
 __all__ = ["Trainer", "ValMetric", "Callback"]
@@ -52,6 +53,8 @@ def _unique(params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
             seen.add(id(p))
             out.append(p)
     return out
+
+
 
 
 class Trainer:
@@ -289,7 +292,7 @@ class Trainer:
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                    weight_decay=cfg.weight_decay)
-        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+        return make_adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
     def _wrap(self) -> nn.Module:
         if not self.dist.distributed:

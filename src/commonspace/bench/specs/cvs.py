@@ -40,6 +40,7 @@ from commonspace.models import create
 from commonspace.models.base import MultimodalModel
 from commonspace.models.cvs import class_stages
 from commonspace.train import TrainConfig, Trainer, seed_everything
+from commonspace.train.optim import make_adam
 
 PAPER = ("Common Vector Space, Multi-staged CVS and Reference Vector Space (thesis "
          "cvs-mcvs-rvs-vector-spaces-thesis): Tables 6-13, Figures 26-27")
@@ -479,7 +480,7 @@ def seconds_per_iteration(model: MultimodalModel, data: MultimodalDataset, steps
     keep = {id(p) for p in stage.parameters}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)  # frozen stages: no gradients, as in the Trainer
-    opt = torch.optim.Adam([p for p in model.parameters() if id(p) in keep], lr=1e-3)
+    opt = make_adam([p for p in model.parameters() if id(p) in keep], lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     train = data.split("train")
     model.train()
