@@ -51,3 +51,34 @@ def test_ssl_spec_runs_on_digits(tmp_path: Path) -> None:
         assert set(r.values) == {"both", "left", "right"}
         assert all(0.0 <= v[0] <= 1.0 for v in r.values.values())
     assert r.paper["left"] == "13.23"
+
+
+def test_runner_sets_the_specs_threads_records_them_and_restores(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from commonspace.bench import runner
+    from commonspace.bench.runner import BenchSpec
+
+    seen: list[int] = []
+
+    def run(ctx: BenchContext) -> BenchResult:
+        seen.append(torch.get_num_threads())
+        if ctx.quick:
+            raise RuntimeError("spec failed")
+        return BenchResult("threads-probe", "none")
+
+    available_specs()  # load the real specs first, so the probe is removed again after the test
+    monkeypatch.setitem(runner._SPECS, "threads-probe", BenchSpec("threads-probe", "none", "test only", run, threads=1))
+    before = torch.get_num_threads()
+    console = Console(file=open(tmp_path / "log.txt", "w"))
+    res = run_spec("threads-probe", BenchContext(out_dir=tmp_path, console=console))
+    assert seen[-1] == 1 and res.settings["torch_threads"] == 1
+    assert torch.get_num_threads() == before
+    res = run_spec("threads-probe", BenchContext(out_dir=tmp_path, console=console, threads=2))
+    assert seen[-1] == 2 and res.settings["torch_threads"] == 2
+    with pytest.raises(RuntimeError, match="spec failed"):  # restored on failure too
+        run_spec("threads-probe", BenchContext(quick=True, out_dir=tmp_path, console=console))
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        run_spec("threads-probe", BenchContext(out_dir=tmp_path, console=console, threads=0))

@@ -272,10 +272,11 @@ def bench(
     data_root: Annotated[Path | None, typer.Option(help="folder holding external datasets")] = None,
     datasets_: Annotated[str | None, typer.Option("--datasets", help="comma-separated dataset keys")] = None,
     progress: Annotated[bool, typer.Option()] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch threads (default: the spec's choice, 1 for "
+                                                  "cvs, ima and hashing, whose small layers gain nothing from more)")]
+    = None,
 ) -> None:
     """Run a paper's protocol and print our numbers beside the paper's."""
-    import torch
-
     from commonspace.bench.runner import BenchContext, available_specs, run_spec
 
     specs = available_specs()
@@ -289,9 +290,8 @@ def bench(
         return
     if name not in {s.name for s in specs}:
         _fail(f"unknown benchmark {name!r}; available: {[s.name for s in specs]}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     ctx = BenchContext(quick=quick, seeds=list(range(seeds)), out_dir=out_dir / name, data_root=data_root,
-                       console=out, progress=progress, datasets=_split_list(datasets_))
+                       console=out, progress=progress, datasets=_split_list(datasets_), threads=threads)
     run_spec(name, ctx)
 
 

@@ -665,4 +665,4 @@ def run(ctx: BenchContext) -> BenchResult:
 
 register_spec(BenchSpec("cvs", PAPER, "CVS / M-CVS / RVS thesis Tables 6-13, Figs 26-27 analogs: mAP@50 per "
                         "cross-modal pair on 5 mfeat views and Wikipedia, stage-wise classes, timing and blocks",
-                        run))
+                        run, threads=1))

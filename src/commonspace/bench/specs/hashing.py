@@ -318,23 +318,15 @@ def _run_setting(s: Setting, ctx: BenchContext, res: BenchResult) -> None:
     res.tables += _tables(s, st, plan.bits, notes)
 
 
-#: intra-op threads while the spec runs: on a shared 2-core machine two threads of these small layers spin against
-#: the other jobs (measured 67 s vs 5 s for one Wikipedia epoch of the full model at load 6); restored afterwards
+#: intra-op threads while the spec runs (the runner sets and restores them): on a shared 2-core machine two threads
+#: of these small layers spin against the other jobs (measured 67 s vs 5 s for one Wikipedia epoch of the full
+#: model at load 6)
 THREADS = 1
 
 
 def run(ctx: BenchContext) -> BenchResult:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(prev)
-
-
-def _run(ctx: BenchContext) -> BenchResult:
     res = BenchResult("hashing", PAPER, settings={
-        "quick": ctx.quick, "seeds": list(ctx.seeds[:3]), "max_iterations": ctx.max_iterations, "threads": THREADS,
+        "quick": ctx.quick, "seeds": list(ctx.seeds[:3]), "max_iterations": ctx.max_iterations,
         "plans": {s.key: vars(s.quick if ctx.quick else s.full) for s in SETTINGS}})
     for s in SETTINGS:
         if ctx.wants(s.key):
@@ -344,4 +336,5 @@ def _run(ctx: BenchContext) -> BenchResult:
 
 register_spec(BenchSpec("hashing", PAPER, "Modal-aware multimodal hashing Tables 2-5 analogs: MAP@all at 16-64 bits "
                         "of full / w/o KN / w/o AN, Concat / GMU / MCB fusion and unimodal hashing baselines on "
-                        "Wikipedia and two-digit image-speech pairs; PR and P@N curves at 32 bits", run))
+                        "Wikipedia and two-digit image-speech pairs; PR and P@N curves at 32 bits", run,
+                        threads=THREADS))

@@ -413,4 +413,4 @@ def run(ctx: BenchContext) -> BenchResult:
 
 register_spec(BenchSpec("ima", PAPER, "IMA: importance F1 vs rho, P@10/P@50 and MLP-probe accuracy of IMA "
                         "weighted/unweighted, JMVAE-KL, MVAE, DAE (2-d, 50-d) on noisy image-speech digits; t-SNE",
-                        run))
+                        run, threads=1))
