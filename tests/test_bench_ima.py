@@ -43,8 +43,10 @@ def test_bench_ima_tiny(tmp_path, monkeypatch, one_thread):
     for r in imp.rows:
         for v in r.values.values():
             assert len(v) == 1 and 0.0 <= v[0] <= 1.0
-    assert {r.method for r in best.rows} == {"best rho by test F1 (the paper's reading)",
-                                              "rho chosen by val F1 (used for the representations)"}
+    assert {r.method for r in best.rows} == {"y < 0.5, best rho by test F1 (the paper's reading)",
+                                              "y < 0.5, rho chosen by val F1",
+                                              "2-means threshold, best rho by test F1",
+                                              "2-means threshold, rho chosen by val F1 (used for the representations)"}
     assert best.rows[0].values["rho image"][0] in (0.3, 0.8)
     methods = [r.method for r in ret.rows]
     assert len(methods) == 15  # 5 methods x (both, image, speech)

@@ -82,3 +82,27 @@ def test_auc_per_column_mask_and_single_class():
     assert out[0] == 1.0 and np.isnan(out[1])
     # masking the noise row leaves one class: NaN
     assert np.isnan(noise_detection_auc(y[:, 0], noise[:, 0], mask=np.array([False, True, True])))
+
+
+def test_two_means_threshold_finds_the_gap_wherever_it_is() -> None:
+    from commonspace.eval.importance import two_means_threshold
+
+    y = np.array([0.60, 0.62, 0.61, 0.95, 0.97, 0.96, 0.98])  # all above 0.5; the gap is between 0.62 and 0.95
+    t = two_means_threshold(y)
+    assert t == pytest.approx((0.62 + 0.95) / 2)
+    r = noise_detection_scores(y, y < 0.7, threshold=t)
+    assert r["f1"] == 1.0
+    cols = two_means_threshold(np.stack([y, 1 - y], 1))
+    assert cols.shape == (2,) and cols[1] == pytest.approx(1 - (0.62 + 0.95) / 2)
+    # brute force: the chosen cut minimises the summed within-group squared deviation
+    rng = np.random.default_rng(0)
+    z = rng.random(40)
+    t = two_means_threshold(z)
+    def within(cut: float) -> float:
+        lo, hi = z[z < cut], z[z >= cut]
+        return float(((lo - lo.mean()) ** 2).sum() + ((hi - hi.mean()) ** 2).sum())
+    cuts = (np.sort(z)[1:] + np.sort(z)[:-1]) / 2
+    assert within(t) == pytest.approx(min(within(c) for c in cuts))
+    assert two_means_threshold(np.full(5, 0.3)) == 0.5
+    with pytest.raises(DataError, match="NaN"):
+        two_means_threshold(np.array([0.1, np.nan]))

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from commonspace.data.dataset import DataError
 from commonspace.eval.probe import _np
 
-__all__ = ["noise_detection_auc", "noise_detection_scores"]
+__all__ = ["noise_detection_auc", "noise_detection_scores", "two_means_threshold"]
 
 
 def noise_detection_scores(importance: object, is_noise: object, threshold: float | Sequence[float] = 0.5,
@@ -86,4 +86,35 @@ def noise_detection_auc(importance: object, is_noise: object, mask: object | Non
         raise DataError(f"mask {keep.shape} must have the shape of importance {y.shape}")
     cols = [(y, truth, keep)] if y.ndim == 1 else [(y[:, j], truth[:, j], keep[:, j]) for j in range(y.shape[1])]
     out = np.array([roc_auc_score(t[k], -s[k]) if 0 < t[k].sum() < k.sum() else np.nan for s, t, k in cols])
+    return float(out[0]) if y.ndim == 1 else out
+
+
+def two_means_threshold(importance: object) -> float | np.ndarray:
+    """A label-free threshold: the cut that splits the importances into two groups with the least within-group
+    variance (Otsu's rule, exact 1-D 2-means), placed midway between the two values either side of the cut.
+
+    Eq. 4's prior fixes only the batch *mean* of ``y``, not where noise and signal sit, so a network can rank
+    noise perfectly below signal with every ``y`` above 0.5; this threshold follows the gap wherever it is.
+    Fit it on training importances and pass it to :func:`noise_detection_scores`. (N,) gives a float, (N, M) one
+    threshold per column. Fewer than two distinct values give 0.5.
+    """
+    y = _np(importance, "importance").astype(np.float64, copy=False)
+    if y.ndim not in (1, 2) or y.shape[0] == 0:
+        raise DataError(f"importance must be a non-empty (N,) or (N, M) array, got shape {y.shape}")
+    if np.isnan(y).any():
+        raise DataError("importance contains NaN")
+    cols = y.reshape(y.shape[0], -1)
+    out = np.empty(cols.shape[1])
+    n = cols.shape[0]
+    k = np.arange(1, n)  # the first k sorted values form the low group
+    for j in range(cols.shape[1]):
+        v = np.sort(cols[:, j])
+        if v[0] == v[-1]:
+            out[j] = 0.5
+            continue
+        c = np.cumsum(v)[:-1]
+        between = (c / k - (v.sum() - c) / (n - k)) ** 2 * k * (n - k)  # n^2 x between-group variance
+        between[v[1:] == v[:-1]] = -1.0  # a cut must fall between two different values
+        i = int(np.argmax(between))
+        out[j] = 0.5 * (v[i] + v[i + 1])
     return float(out[0]) if y.ndim == 1 else out
