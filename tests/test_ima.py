@@ -248,6 +248,29 @@ def test_frozen_parts_do_not_move_in_a_plain_loop():
         assert moved == expect, expect - moved
 
 
+@pytest.mark.parametrize("z_grad", [True, False])
+def test_importance_gradient_through_z_matches_autograd_of_eq1(z_grad: bool):
+    """z_grad=True: d L_corr / d y includes the path through z (Eq. 1); False: only Eq. 3's weights."""
+    model = with_importance(tiny(z_grad=z_grad))
+    batch = rand_batch(10)
+    model.set_stage("importance")
+    params = list(model.importance_nets.parameters())
+    got = torch.autograd.grad(model.loss(batch)["total"], params)
+    with torch.no_grad():
+        enc = model.encode(batch)
+    u = torch.stack([enc[m] for m in MODS], 1)
+    y = model.importance(batch)
+    z = importance_pool(u, y if z_grad else y.detach(), batch.mask)
+    ref = weighted_cross_covariance_loss(z, u, y, batch.mask).sum() + bernoulli_kl_prior(y, 0.5, batch.mask).sum()
+    want = torch.autograd.grad(ref, params)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, atol=1e-6)
+    other = with_importance(tiny(z_grad=not z_grad))
+    other.set_stage("importance")
+    flipped = torch.autograd.grad(other.loss(batch)["total"], list(other.importance_nets.parameters()))
+    assert any(not torch.allclose(a, b) for a, b in zip(got, flipped, strict=True))
+
+
 def test_trainer_runs_both_stages_and_freezes_the_other():
     model = tiny()
     batch = rand_batch(48, seed=5)

@@ -61,7 +61,9 @@ class IMA(MultimodalModel):
     or a per-modality mapping), ``imp_hidden`` ((100,)), ``activation`` ("relu"), ``recon`` ("sse" or
     "bce", once or per modality), ``rho`` (0.5, once or per modality), ``lambda_rec``, ``lambda_align``,
     ``lambda_glob``, ``lambda_corr``, ``lambda_local`` (all 1.0, the paper's values), ``rounds`` (1),
-    ``ae_epochs`` / ``imp_epochs`` (None: the trainer's epochs), ``eps`` (1e-6, pooling guard).
+    ``ae_epochs`` / ``imp_epochs`` (None: the trainer's epochs), ``eps`` (1e-6, pooling guard), ``z_grad``
+    (True: in the importance stage ``L_corr`` also differentiates ``z`` through Eq. 1's weights; False: ``z`` is
+    a constant and only Eq. 3's sample weights carry the gradient).
     """
 
     train_defaults = {"optimizer": "adam", "lr": 1e-3, "batch_size": 128}
@@ -75,7 +77,8 @@ class IMA(MultimodalModel):
                  lambda_align: float | Sequence[float] | Mapping[str, float] = 1.0, lambda_glob: float = 1.0,
                  lambda_corr: float | Sequence[float] | Mapping[str, float] = 1.0,
                  lambda_local: float | Sequence[float] | Mapping[str, float] = 1.0, rounds: int = 1,
-                 ae_epochs: int | None = None, imp_epochs: int | None = None, eps: float = 1e-6) -> None:
+                 ae_epochs: int | None = None, imp_epochs: int | None = None, eps: float = 1e-6,
+                 z_grad: bool = True) -> None:
         super().__init__(dims)
         mods = self.modalities
         if len(mods) < 2:
@@ -107,7 +110,8 @@ class IMA(MultimodalModel):
         self.save_config(latent=int(latent), hidden=hid, imp_hidden=ihid, activation=activation, recon=recon_d,
                          rho=rho_d, **lam, lambda_glob=float(lambda_glob), rounds=int(rounds),
                          ae_epochs=None if ae_epochs is None else int(ae_epochs),
-                         imp_epochs=None if imp_epochs is None else int(imp_epochs), eps=float(eps))
+                         imp_epochs=None if imp_epochs is None else int(imp_epochs), eps=float(eps),
+                         z_grad=bool(z_grad))
         self.recon_kind = recon_d
         d = int(latent)
         self.encoders = nn.ModuleDict({m: MLP([flat_dim(self.dims[m]), *hid[m], d], activation, "linear")
@@ -252,9 +256,10 @@ class IMA(MultimodalModel):
         with torch.no_grad():  # the autoencoder is constant in this stage
             u = self._codes(xs, mask)
         y = self._importances(xs, mask)
-        # z uses the current importances but is a constant here: the gradient reaches y only through the
-        # weights w of Eq. 3 (and the mean of Eq. 4), our reading of "autoencoder weights kept constant"
-        z = self.pool(u, y.detach(), mask)
+        # z = Eq. 1 of the current y. With z_grad the gradient also runs through z: lowering y_j of a noise
+        # sample pulls its z away from u_j, the only way L_corr can drop when the noise codes are not centred
+        # (on noisy-digits this separates speech noise, ROC AUC 0.5 -> 1.0; docs/methods.md, IMA Notes)
+        z = self.pool(u, y if cfg.get("z_grad", True) else y.detach(), mask)
         corr = weighted_cross_covariance_loss(z, u, y, mask)
         local = bernoulli_kl_prior(y, self._rho.to(y.dtype), mask)
         out: dict[str, Tensor] = {}
