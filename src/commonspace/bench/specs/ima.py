@@ -62,7 +62,7 @@ PAPER_RETRIEVAL = {"DAE (image+speech)": {"P@10 2-d": "0.5975", "P@50 2-d": "0.5
                                           "P@50 50-d": "0.7818"}}
 PAPER_RHO = {"image": 0.8, "speech": 0.3}
 FULL_RHOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-QUICK_RHOS = (0.1, 0.3, 0.5, 0.8, 0.95)
+QUICK_RHOS = (0.3, 0.5, 0.7, 0.8, 0.9)
 
 
 @dataclass
