@@ -80,3 +80,21 @@ def test_hashing_spec_skips_missing_data(tmp_path: Path) -> None:
     assert "wikipedia" in res.skipped[0][1].lower() and "spoken digit" in res.skipped[1][1].lower()
     assert res.tables == []
     assert (tmp_path / "hashing.md").exists()
+
+
+@pytest.mark.parametrize("bits", [16, 48])
+def test_csq_trains_on_single_label_data_at_every_code_length(bits: int) -> None:
+    """48 bits is not a power of 2: CSQ's random centres need the class count, which the spec must pass."""
+    import torch
+
+    from commonspace.data.dataset import MultimodalDataset
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 10
+    data = MultimodalDataset({"image": torch.randn(60, 8, 1, 1, generator=g), "text": torch.randn(60, 5, generator=g)},
+                             labels=y, splits={"train": torch.arange(40), "val": torch.arange(40, 60)})
+    setting = next(s for s in hashing.SETTINGS if s.key == "wikipedia")
+    plan = dataclasses.replace(setting.quick, hp={"image_backbone": "maps", "image_width": 8, "text_widths": (8,)})
+    csq = next(m for m in hashing.methods("text") if m.label.startswith("CSQ"))
+    model, _ = hashing._train(csq, data, setting, plan, bits, seed=0, epochs=1, patience=1, progress=False)
+    assert model.config["num_classes"] == 10

@@ -180,6 +180,10 @@ def _train(m: Method, data: MultimodalDataset, s: Setting, plan: Plan, bits: int
         hp["quant_weight"] = 0.0
     elif plan.no_quant and m.hp.get("method") in ("dth", "texthash"):
         hp["reg_weight"] = 0.0  # their regulariser is the same quantization penalty
+    if m.hp.get("method") == "csq" and data.labels.ndim == 1:
+        # single-label CSQ centres: Hadamard rows only when bits is a power of 2, else random ones, which
+        # depend on the class count
+        hp["num_classes"] = int(data.labels.max()) + 1
     torch.manual_seed(seed)
     model = create(m.model, data.dims, **hp)
     cfg = TrainConfig.for_model(model, seed=seed, progress=progress, monitor="val_metric", mode="max",
