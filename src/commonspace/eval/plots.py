@@ -7,6 +7,7 @@ writes each file atomically (temp file in the same folder, then ``os.replace``).
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def plot_lines(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title)
+        # wrapped to the figure width (about 11 characters per inch at this size): long titles were cut off
+        ax.set_title("\n".join(textwrap.wrap(title, max(20, int(figsize[0] * 11)))), fontsize="medium")
     if logx:
         ax.set_xscale("log")
     if xlim:
