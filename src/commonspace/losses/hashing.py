@@ -18,7 +18,8 @@ from commonspace.data.dataset import DataError
 
 __all__ = [
     "csq_loss", "csq_targets", "dpsh_loss", "dsh_loss", "hadamard", "hash_centres", "hashnet_loss",
-    "quantization_penalty", "relaxed_hamming", "relevance", "sign_codes", "triplet_ranking_loss",
+    "quantization_penalty", "relaxed_hamming", "relevance", "sign_codes", "triplet_quant_loss",
+    "triplet_ranking_loss",
 ]
 
 
@@ -74,6 +75,14 @@ def triplet_ranking_loss(b: Tensor, labels: Tensor, margin: float = 0.25) -> Ten
     d = relaxed_hamming(b)
     hinge = F.relu(margin * k_bits + d.unsqueeze(2) - d.unsqueeze(1))
     return hinge[valid].mean() / k_bits
+
+
+def triplet_quant_loss(b: Tensor, labels: Tensor, margin: float, quant_weight: float) -> dict[str, Tensor]:
+    """``triplet + quant_weight * quant`` on relaxed codes ``b`` (modal-aware hashing, DTH, TextHash): the
+    :func:`triplet_ranking_loss` plus the :func:`quantization_penalty` (a graph-keeping zero on an empty batch)."""
+    tri = triplet_ranking_loss(b, labels, margin)
+    quant = quantization_penalty(b) if b.numel() else _zero(b)
+    return {"total": tri + quant_weight * quant, "triplet": tri, "quant": quant}
 
 
 def dpsh_loss(u: Tensor, labels: Tensor, eta: float = 0.1) -> dict[str, Tensor]:

@@ -20,9 +20,8 @@ from commonspace.losses.hashing import (
     dpsh_loss,
     dsh_loss,
     hashnet_loss,
-    quantization_penalty,
     sign_codes,
-    triplet_ranking_loss,
+    triplet_quant_loss,
 )
 from commonspace.models.base import MultimodalModel, register
 from commonspace.nn.backbones import IMAGE_BACKBONES, ImageBackbone, TextBackbone
@@ -191,9 +190,7 @@ class ModalAwareHashing(MultimodalModel):
         keep = batch.mask.any(1)
         if not bool(keep.all()):
             b, labels = b[keep], labels[keep]
-        tri = triplet_ranking_loss(b, labels, self.config["margin"])
-        quant = quantization_penalty(b) if b.numel() else b.sum() * 0
-        return {"total": tri + self.config["quant_weight"] * quant, "triplet": tri, "quant": quant}
+        return triplet_quant_loss(b, labels, self.config["margin"], self.config["quant_weight"])
 
     def embed(self, batch: Batch) -> Tensor:
         """The relaxed code ``tanh(u)`` (B, K) from the present modalities."""
@@ -323,10 +320,8 @@ class UnimodalHashing(MultimodalModel):
             if self.training:
                 self.steps += 1
             return hashnet_loss(z, labels)
-        b = torch.tanh(u)  # dth, texthash: the triplet ranking loss on tanh codes
-        tri = triplet_ranking_loss(b, labels, self.config["margin"])
-        quant = quantization_penalty(b) if b.numel() else b.sum() * 0
-        return {"total": tri + self.reg * quant, "triplet": tri, "quant": quant}
+        # dth, texthash: the triplet ranking loss on tanh codes
+        return triplet_quant_loss(torch.tanh(u), labels, self.config["margin"], self.reg)
 
     def embed(self, batch: Batch) -> Tensor:
         return self.relaxed(self.logits(batch))
