@@ -18,6 +18,24 @@ from commonspace.eval.probe import _np
 __all__ = ["noise_detection_auc", "noise_detection_scores", "two_means_threshold"]
 
 
+def _checked(importance: object, is_noise: object, mask: object | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(y, truth, keep)`` as float64 / bool / bool arrays of one (N,) or (N, M) shape, or a DataError."""
+    y = _np(importance, "importance").astype(np.float64, copy=False)
+    truth = _np(is_noise, "is_noise")
+    if truth.dtype != np.bool_:
+        if not np.isin(truth, (0, 1)).all():
+            raise DataError("is_noise must be boolean (or 0/1): True where the sample is noise")
+        truth = truth.astype(bool)
+    if y.ndim not in (1, 2) or truth.shape != y.shape:
+        raise DataError(f"importance {y.shape} and is_noise {truth.shape} must have the same (N,) or (N, M) shape")
+    if np.isnan(y).any():
+        raise DataError("importance contains NaN")
+    keep = np.ones_like(truth) if mask is None else _np(mask, "mask").astype(bool)
+    if keep.shape != y.shape:
+        raise DataError(f"mask {keep.shape} must have the shape of importance {y.shape}")
+    return y, truth, keep
+
+
 def noise_detection_scores(importance: object, is_noise: object, threshold: float | Sequence[float] = 0.5,
                            mask: object | None = None) -> dict[str, np.ndarray | float]:
     """Precision, recall and F1 of the noise class, predicted as ``importance < threshold``.
@@ -32,19 +50,7 @@ def noise_detection_scores(importance: object, is_noise: object, threshold: floa
     ``misclassified`` = 1 - accuracy, and the counts ``tp``, ``fp``, ``fn``, ``tn``. A ratio whose
     denominator is 0 (nothing predicted noise, no noise present) is 0, scikit-learn's ``zero_division=0``.
     """
-    y = _np(importance, "importance").astype(np.float64, copy=False)
-    truth = _np(is_noise, "is_noise")
-    if truth.dtype != np.bool_:
-        if not np.isin(truth, (0, 1)).all():
-            raise DataError("is_noise must be boolean (or 0/1): True where the sample is noise")
-        truth = truth.astype(bool)
-    if y.ndim not in (1, 2) or truth.shape != y.shape:
-        raise DataError(f"importance {y.shape} and is_noise {truth.shape} must have the same (N,) or (N, M) shape")
-    if np.isnan(y).any():
-        raise DataError("importance contains NaN")
-    keep = np.ones_like(truth) if mask is None else _np(mask, "mask").astype(bool)
-    if keep.shape != y.shape:
-        raise DataError(f"mask {keep.shape} must have the shape of importance {y.shape}")
+    y, truth, keep = _checked(importance, is_noise, mask)
     th = np.asarray(threshold, dtype=np.float64)
     if th.ndim > 1:
         raise DataError(f"threshold must be a scalar or a 1-D sequence, got shape {th.shape}")
@@ -77,13 +83,7 @@ def noise_detection_auc(importance: object, is_noise: object, mask: object | Non
     Shapes as in :func:`noise_detection_scores`; returns a float for (N,) inputs, else (M,). A column with only
     one class among its kept entries has no AUC and gives NaN.
     """
-    y = _np(importance, "importance").astype(np.float64, copy=False)
-    truth = _np(is_noise, "is_noise").astype(bool)
-    if y.ndim not in (1, 2) or truth.shape != y.shape:
-        raise DataError(f"importance {y.shape} and is_noise {truth.shape} must have the same (N,) or (N, M) shape")
-    keep = np.ones_like(truth) if mask is None else _np(mask, "mask").astype(bool)
-    if keep.shape != y.shape:
-        raise DataError(f"mask {keep.shape} must have the shape of importance {y.shape}")
+    y, truth, keep = _checked(importance, is_noise, mask)
     cols = [(y, truth, keep)] if y.ndim == 1 else [(y[:, j], truth[:, j], keep[:, j]) for j in range(y.shape[1])]
     out = np.array([roc_auc_score(t[k], -s[k]) if 0 < t[k].sum() < k.sum() else np.nan for s, t, k in cols])
     return float(out[0]) if y.ndim == 1 else out

@@ -55,8 +55,6 @@ def _unique(params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
     return out
 
 
-
-
 class Trainer:
     """Optimise a :class:`MultimodalModel` on a :class:`MultimodalDataset`.
 

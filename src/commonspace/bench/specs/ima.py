@@ -279,13 +279,11 @@ def _run_dataset(data: MultimodalDataset, ctx: BenchContext, plan: Plan) -> list
                         auc = noise_detection_auc(y[te, j], noise_te[mod])
                         for rule, th in zip(rules, (0.5, float(cut[j])), strict=True):
                             v = noise_detection_scores(y[va, j], noise_va[mod], threshold=th)
-                            t = {**noise_detection_scores(y[te, j], noise_te[mod], threshold=th), "auc": auc,
-                                 "threshold": th}
+                            t = {**noise_detection_scores(y[te, j], noise_te[mod], threshold=th), "auc": auc}
                             val_f1[rule][mod].append(v["f1"])
                             test_sc[rule][mod].append(t)
                         imp_test[rho][mod].append({**test_sc[rules[0]][mod][-1],
-                                                   "f1 2-means": test_sc[rules[1]][mod][-1]["f1"],
-                                                   "threshold 2-means": float(cut[j])})
+                                                   "f1 2-means": test_sc[rules[1]][mod][-1]["f1"]})
                 # best val F1; ties (e.g. all 0) go to the rho nearest the paper's choice
                 picks = {}
                 for rule in rules:
