@@ -112,27 +112,27 @@ def main() -> None:
         batch, single, (_, exact) = _time_search(flat.search, q, args.k, args.repeats, args.single)
         report("Flat", "exact", build, batch, single, 1.0)
         del flat
-    if "hnsw" in which:
+    def sweep(name: str, build_index, param: str, values: list[int], search_of, queries: np.ndarray,
+              recall_of) -> None:
+        """Build once (timed), then time a search and measure recall for every value of one search parameter."""
         t0 = time.perf_counter()
-        idx = EmbeddingIndex.build(x, factory="HNSW32", metric="cosine")
+        idx = build_index()
         build = time.perf_counter() - t0
-        for ef in _ints(args.ef):
-            idx.set_search_params(ef_search=ef)
-            batch, single, (_, got) = _time_search(idx.search, q, args.k, args.repeats, args.single)
-            report("HNSW32", f"efSearch={ef}", build, batch, single, _recall_ids(got, exact))
-            build = None
-        del idx
+        label = {"ef_search": "efSearch", "nprobe": "nprobe"}[param]
+        for v in values:
+            idx.set_search_params(**{param: v})
+            batch, single, found = _time_search(search_of(idx), queries, args.k, args.repeats, args.single)
+            report(name, f"{label}={v}", build, batch, single, recall_of(found))
+            build = None  # one build, several rows
+
+    if "hnsw" in which:
+        sweep("HNSW32", lambda: EmbeddingIndex.build(x, factory="HNSW32", metric="cosine"), "ef_search",
+              _ints(args.ef), lambda i: i.search, q, lambda f: _recall_ids(f[1], exact))
     if "ivf" in which:
         sample = x[rng.choice(args.n, size=min(args.train, args.n), replace=False)]
-        t0 = time.perf_counter()
-        idx = EmbeddingIndex.build(x, factory=f"IVF{args.nlist},Flat", metric="cosine", train_vectors=sample)
-        build = time.perf_counter() - t0
-        for nprobe in _ints(args.nprobe):
-            idx.set_search_params(nprobe=nprobe)
-            batch, single, (_, got) = _time_search(idx.search, q, args.k, args.repeats, args.single)
-            report(f"IVF{args.nlist},Flat", f"nprobe={nprobe}", build, batch, single, _recall_ids(got, exact))
-            build = None
-        del idx
+        sweep(f"IVF{args.nlist},Flat", lambda: EmbeddingIndex.build(x, factory=f"IVF{args.nlist},Flat",
+                                                                     metric="cosine", train_vectors=sample),
+              "nprobe", _ints(args.nprobe), lambda i: i.search, q, lambda f: _recall_ids(f[1], exact))
 
     # binary: codes = signs of a fixed random projection of the same clustered vectors
     if which & {"bflat", "bhnsw", "bivf"}:
@@ -153,27 +153,14 @@ def main() -> None:
             report("BinaryFlat", "exact", build, batch, single, 1.0)
         del bflat
         if "bhnsw" in which:
-            t0 = time.perf_counter()
-            idx = BinaryIndex.build(codes, factory="BHNSW32", packed=True, n_bits=args.bits)
-            build = time.perf_counter() - t0
-            for ef in _ints(args.ef):
-                idx.set_search_params(ef_search=ef)
-                batch, single, (d, _) = _time_search(bsearch(idx), qc, args.k, args.repeats, args.single)
-                report("BinaryHNSW32", f"efSearch={ef}", build, batch, single, _recall_dist(d, exact_d))
-                build = None
-            del idx
+            sweep("BinaryHNSW32", lambda: BinaryIndex.build(codes, factory="BHNSW32", packed=True, n_bits=args.bits),
+                  "ef_search", _ints(args.ef), bsearch, qc, lambda f: _recall_dist(f[0], exact_d))
         if "bivf" in which:
             sample = codes[rng.choice(args.n, size=min(args.train, args.n), replace=False)]
-            t0 = time.perf_counter()
-            idx = BinaryIndex.build(codes, factory=f"BIVF{args.nlist}", train_codes=sample, packed=True,
-                                    n_bits=args.bits)
-            build = time.perf_counter() - t0
-            for nprobe in _ints(args.nprobe):
-                idx.set_search_params(nprobe=nprobe)
-                batch, single, (d, _) = _time_search(bsearch(idx), qc, args.k, args.repeats, args.single)
-                report(f"BinaryIVF{args.nlist}", f"nprobe={nprobe}", build, batch, single, _recall_dist(d, exact_d))
-                build = None
-            del idx
+            sweep(f"BinaryIVF{args.nlist}", lambda: BinaryIndex.build(codes, factory=f"BIVF{args.nlist}",
+                                                                       train_codes=sample, packed=True,
+                                                                       n_bits=args.bits),
+                  "nprobe", _ints(args.nprobe), bsearch, qc, lambda f: _recall_dist(f[0], exact_d))
 
     print(f"\n{args.n:,} items, {args.dim}-d float (cosine) / {args.bits}-bit codes, {args.queries} queries, "
           f"k={args.k}, {faiss.omp_get_max_threads()} threads\n")
