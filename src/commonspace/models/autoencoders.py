@@ -57,15 +57,12 @@ class ConcatAutoencoder(MultimodalModel):
         self.decoder = MLP([int(central), int(hidden), total], activation, output_activation=output_activation)
 
     def _concat(self, batch: Batch, mask: Tensor | None = None) -> Tensor:
-        mask = self._mask(batch) if mask is None else mask
+        mask = self.presence_mask(batch) if mask is None else mask
         return torch.cat([masked_flat(batch.features[m], mask[:, j]) for j, m in enumerate(self.modalities)], 1)
-
-    def _mask(self, batch: Batch) -> Tensor:
-        return torch.stack([batch.present(m) for m in self.modalities], dim=1)
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         """Reconstruction MSE of the concatenation over complete samples (mean-reduced)."""
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         x = self._concat(batch, mask)
         recon = self.decoder(self.encoder(x))
         complete = mask.all(1)
@@ -84,7 +81,7 @@ class ConcatAutoencoder(MultimodalModel):
         """Central layer from each modality alone (the others zeroed), for crossmodal comparison."""
         out = {}
         for j, m in enumerate(self.modalities):
-            alone = torch.zeros_like(self._mask(batch))
+            alone = torch.zeros_like(self.presence_mask(batch))
             alone[:, j] = batch.present(m)
             out[m] = self.encoder(self._concat(batch, alone))
         return out
@@ -93,7 +90,7 @@ class ConcatAutoencoder(MultimodalModel):
         """Reconstruction of ``target`` from the other present modalities (target zeroed at the input)."""
         if target not in self.dims:
             raise DataError(f"unknown target modality {target!r}; this model has {list(self.modalities)}")
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         j = self.modalities.index(target)
         mask[:, j] = False
         recon = self.decoder(self.encoder(self._concat(batch, mask))).split(self.sizes, 1)[j]
@@ -133,9 +130,6 @@ class SplitAutoencoder(MultimodalModel):
         self.decoders = nn.ModuleDict({m: MLP([c, h, flat_dim(d)], activation, output_activation)
                                        for m, d in self.dims.items()})
 
-    def _mask(self, batch: Batch) -> Tensor:
-        return torch.stack([batch.present(m) for m in self.modalities], dim=1)
-
     def modality_dropout(self, mask: Tensor) -> Tensor:
         """The input mask used for training: in train mode, with probability ``p_drop`` a sample with two or
         more present modalities loses one of them (uniform). Identity in eval mode."""
@@ -152,7 +146,7 @@ class SplitAutoencoder(MultimodalModel):
 
     def central(self, batch: Batch, mask: Tensor | None = None) -> Tensor:
         """The shared central layer from the modalities marked present in ``mask`` (default: the batch's)."""
-        mask = self._mask(batch) if mask is None else mask
+        mask = self.presence_mask(batch) if mask is None else mask
         hs = []
         for j, m in enumerate(self.modalities):
             h = self.encoders[m](masked_flat(batch.features[m], mask[:, j]))
@@ -161,7 +155,7 @@ class SplitAutoencoder(MultimodalModel):
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         """Sum over modalities of the reconstruction MSE (each mean-reduced over samples that have it)."""
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         z = self.central(batch, self.modality_dropout(mask))
         out: dict[str, Tensor] = {}
         total = z.new_zeros(())
@@ -179,13 +173,13 @@ class SplitAutoencoder(MultimodalModel):
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """The central layer from each modality alone."""
-        return self.each_alone(self._mask(batch), lambda alone: self.central(batch, alone))
+        return self.each_alone(self.presence_mask(batch), lambda alone: self.central(batch, alone))
 
     def translate(self, batch: Batch, target: str) -> Tensor:
         """Reconstruction of ``target`` from the other present modalities; zeros where none is present."""
         if target not in self.dims:
             raise DataError(f"unknown target modality {target!r}; this model has {list(self.modalities)}")
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         mask[:, self.modalities.index(target)] = False
         out = self.decoders[target](self.central(batch, mask))
         out = out * mask.any(1, keepdim=True).to(out.dtype)

@@ -130,6 +130,10 @@ class MultimodalModel(nn.Module):
     def encode_dataset(self, data: MultimodalDataset, index: Tensor | str | None = None) -> dict[str, Tensor]:
         return self.apply_batches(data, self.encode, index)
 
+    def presence_mask(self, batch: Batch) -> Tensor:
+        """(B, M) bool: which of the model's modalities each sample has, in the model's order (not the batch's)."""
+        return torch.stack([batch.present(m) for m in self.modalities], dim=1)
+
     def embed_dataset(self, data: MultimodalDataset, index: Tensor | str | None = None) -> Tensor:
         return self.apply_batches(data, self.embed, index)
 

@@ -81,9 +81,6 @@ class DenoisingAutoencoder(MultimodalModel):
         self.decoders = nn.ModuleDict({m: MLP([self.latent, *reversed(self.hidden[m]), self.sizes[m]], activation,
                                               "linear") for m in self.modalities})
 
-    def _mask(self, batch: Batch) -> Tensor:
-        return torch.stack([batch.present(m) for m in self.modalities], dim=1)
-
     def corrupt(self, x: Tensor) -> Tensor:
         """Masking noise: each feature zeroed with probability ``noise_rate``, in training mode only.
 
@@ -109,7 +106,7 @@ class DenoisingAutoencoder(MultimodalModel):
     def latent_code(self, batch: Batch, mask: Tensor | None = None, noisy: bool = False) -> Tensor:
         """The shared layer from the modalities marked present in ``mask`` (default: the batch's mask);
         ``noisy`` applies :meth:`corrupt` to the inputs (it is still a no-op outside training mode)."""
-        mask = self._mask(batch) if mask is None else mask
+        mask = self.presence_mask(batch) if mask is None else mask
         hs = []
         for j, m in enumerate(self.modalities):
             x = masked_flat(batch.features[m], mask[:, j])
@@ -120,7 +117,7 @@ class DenoisingAutoencoder(MultimodalModel):
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         """Reconstruction of the clean present modalities from corrupted inputs, per sample, mean over batch."""
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         b = mask.shape[0]
         z = self.latent_code(batch, self.drop_modalities(mask), noisy=True)
         out: dict[str, Tensor] = {}
@@ -139,7 +136,7 @@ class DenoisingAutoencoder(MultimodalModel):
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """The shared latent layer from each modality alone."""
-        return self.each_alone(self._mask(batch), lambda alone: self.latent_code(batch, alone))
+        return self.each_alone(self.presence_mask(batch), lambda alone: self.latent_code(batch, alone))
 
     def reconstruct(self, batch: Batch) -> dict[str, Tensor]:
         """Every modality decoded (mean) from ``embed``; missing ones are thereby imputed."""

@@ -130,9 +130,6 @@ class IMA(MultimodalModel):
         self.register_buffer("_rho", torch.tensor([rho_d[m] for m in mods]), persistent=False)
 
     # ------------------------------------------------------------- pieces
-    def _mask(self, batch: Batch) -> Tensor:
-        return torch.stack([batch.present(m) for m in self.modalities], dim=1)
-
     def _inputs(self, batch: Batch, mask: Tensor) -> list[Tensor]:
         # where(), not multiplication: a hand-built batch may hold NaN/inf garbage in missing rows
         out = []
@@ -159,19 +156,19 @@ class IMA(MultimodalModel):
     # ------------------------------------------------------------- public
     def importance(self, batch: Batch) -> Tensor:
         """(B, M) importances ``y_ij`` in [0, 1] in ``self.modalities`` order; 0 for missing modalities."""
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         return self._importances(self._inputs(batch, mask), mask)
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """Unimodal codes ``{m: u_m}`` (B, latent); zero rows where ``m`` is missing."""
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         u = self._codes(self._inputs(batch, mask), mask)
         return {m: u[:, j] for j, m in enumerate(self.modalities)}
 
     def embed(self, batch: Batch, weighted: bool = True) -> Tensor:
         """Joint code ``z`` (Eq. 1) from the present modalities; ``weighted=False`` pools with ``y = 1``
         (the paper's "IMA unweighted" ablation, Sec. 5.3). Zero for a sample with no modality."""
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         xs = self._inputs(batch, mask)
         u = self._codes(xs, mask)
         y = self._importances(xs, mask) if weighted else mask.to(u.dtype)
@@ -200,7 +197,7 @@ class IMA(MultimodalModel):
         others = [m for m in self.modalities if m != target]
         src = batch.only(others)
         out = self._decode(target, self.embed(src, weighted))
-        has = self._mask(src).any(1).reshape(-1, *([1] * (out.ndim - 1)))
+        has = self.presence_mask(src).any(1).reshape(-1, *([1] * (out.ndim - 1)))
         return torch.where(has, out, torch.zeros_like(out))
 
     # ------------------------------------------------------------- training
@@ -274,7 +271,7 @@ class IMA(MultimodalModel):
         """The current stage's loss: "total" plus rec_<m>, align_<m>, glob (autoencoder) or corr_<m>,
         local_<m> (importance). Outside a stage (``stage=None``): every term, total = L_auto + L_imp."""
         kind = _stage_kind(self.stage)
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         xs = self._inputs(batch, mask)
         if kind == "autoencoder":
             return self._autoencoder_terms(xs, mask)
@@ -315,7 +312,7 @@ def bag_embed(model: MultimodalModel, items: Batch, bag_index: Tensor, n_bags: i
                         f"{int(bag_index.max())}]")
     bag_index = bag_index.to(torch.int64)
     if isinstance(model, IMA):
-        mask = model._mask(items)
+        mask = model.presence_mask(items)
         xs = model._inputs(items, mask)
         u = model._codes(xs, mask)
         y = model._importances(xs, mask) if weighted else mask.to(u.dtype)

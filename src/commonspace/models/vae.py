@@ -190,9 +190,6 @@ class _VAEBase(MultimodalModel):
         # Training steps taken, for the KL warm-up; a buffer so checkpoints and resumes carry it.
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.int64))
 
-    def _mask(self, batch: Batch) -> Tensor:
-        return torch.stack([batch.present(m) for m in self.modalities], dim=1)
-
     def _inputs(self, batch: Batch, mask: Tensor) -> dict[str, Tensor]:
         return {m: masked_flat(batch.features[m], mask[:, j]) for j, m in enumerate(self.modalities)}
 
@@ -274,14 +271,14 @@ class MVAE(_VAEBase):
     # ------------------------------------------------------------------ posterior
     def experts(self, batch: Batch, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Each modality's expert ``q(z | x_j)``: (B, M, D) means and log-variances (absent rows meaningless)."""
-        mask = self._mask(batch) if mask is None else mask
+        mask = self.presence_mask(batch) if mask is None else mask
         xs = self._inputs(batch, mask)
         outs = [self.encoders[m](xs[m]) for m in self.modalities]
         return torch.stack([o[0] for o in outs], 1), torch.stack([o[1] for o in outs], 1)
 
     def posterior(self, batch: Batch, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """PoE posterior ``q(z | present modalities)``: (B, D) mean and log-variance."""
-        mask = self._mask(batch) if mask is None else mask
+        mask = self.presence_mask(batch) if mask is None else mask
         mu, logvar = self.experts(batch, mask)
         return product_of_experts(mu, logvar, mask)
 
@@ -318,7 +315,7 @@ class MVAE(_VAEBase):
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         """Negative sub-sampled ELBO (Wu & Goodman Eq. 4), per sample summed over terms, mean over the batch."""
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         b = mask.shape[0]
         xs = self._inputs(batch, mask)
         mu_e, logvar_e = self.experts(batch, mask)
@@ -426,7 +423,7 @@ class JMVAE(_VAEBase):
     def posterior(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Per sample, ``q(z | X_present)`` from the network of exactly its present modalities: (B, D) mean
         and log-variance; prior N(0, I) for samples with no modality. One pass per distinct mask pattern."""
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         xs = self._inputs(batch, mask)
         codes = (mask.to(torch.int64) << torch.arange(mask.shape[1], device=mask.device)).sum(1)
         mu = xs[self.modalities[0]].new_zeros(mask.shape[0], self.latent)
@@ -446,12 +443,12 @@ class JMVAE(_VAEBase):
 
     def encode(self, batch: Batch) -> dict[str, Tensor]:
         """Per modality, the mean of its unimodal network ``q(z | x_m)``."""
-        xs = self._inputs(batch, self._mask(batch))
+        xs = self._inputs(batch, self.presence_mask(batch))
         return {m: self.subset_posterior(1 << j, xs)[0] for j, m in enumerate(self.modalities)}
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         """JMVAE-KL objective (Suzuki et al. Eq. 5 for M modalities) over complete samples, mean over the batch."""
-        mask = self._mask(batch)
+        mask = self.presence_mask(batch)
         b = mask.shape[0]
         xs = self._inputs(batch, mask)
         mu, logvar = self.subset_posterior(self.full_code, xs)
