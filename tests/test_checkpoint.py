@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import pytest
@@ -153,8 +154,9 @@ def test_atomic_dir_keeps_last_complete_copy(tmp_path):
         (d / "f.txt").write_text("three")
     assert ck.find_checkpoint(target) == target and (target / "f.txt").read_text() == "three"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
-    # a stale temp dir from a killed writer is removed by the next write
+    # a stale temp dir from a killed writer is removed by the next write (a legacy name without pid: by age)
     (tmp_path / ".ckpt.tmp-dead").mkdir()
+    os.utime(tmp_path / ".ckpt.tmp-dead", (0, 0))
     with ck.atomic_dir(target) as d:
         (d / "f.txt").write_text("four")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -90,11 +90,11 @@ def test_npz_errors(tmp_path):
 def test_save_npz_is_atomic(tmp_path, monkeypatch):
     target = tmp_path / "toy.npz"
 
-    def broken(fh, **arrays):
+    def broken(fh, arrays, compress=True):
         fh.write(b"PK\x03\x04 half a zip")
         raise OSError("disk full")
 
-    monkeypatch.setattr(dio.np, "savez_compressed", broken)
+    monkeypatch.setattr(dio, "write_npz", broken)
     with pytest.raises(OSError, match="disk full"):
         save_npz(_dataset(), target)
     assert os.listdir(tmp_path) == []  # neither the target nor a temp file
@@ -102,7 +102,7 @@ def test_save_npz_is_atomic(tmp_path, monkeypatch):
 
     save_npz(_dataset(), target)
     before = target.read_bytes()
-    monkeypatch.setattr(dio.np, "savez_compressed", broken)
+    monkeypatch.setattr(dio, "write_npz", broken)
     with pytest.raises(OSError):
         save_npz(_dataset(True), target)
     assert target.read_bytes() == before  # the old file survives a failed overwrite

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from commonspace.data.dataset import DataError, MultimodalDataset, Standardizer
-from commonspace.models.base import MultimodalModel, create
+from commonspace.models.base import MultimodalModel, create_for_data
 
 __all__ = ["CommonSpace"]
 
@@ -90,7 +90,9 @@ class CommonSpace:
         if self.standardize and all(len(d) == 1 for d in data.dims.values()):
             self.standardizer_ = Standardizer().fit(data, "train")
             data = self.standardizer_.transform(data)
-        self.model_ = create(self.model_name, data.dims, **self.hparams)
+        # n_classes and the like come from the data when the caller did not give them
+        self.model_ = create_for_data(self.model_name, data, init_seed=int(self.train_kwargs.get("seed", 0)),
+                                      **self.hparams)
         cfg = TrainConfig.for_model(self.model_, **self.train_kwargs)
         trainer = Trainer(self.model_, cfg, standardizer=self.standardizer_)
         self.history_ = trainer.fit(data, train="train", val="val" if "val" in data.splits else None)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Learn joint representations of multimodal data, search them and benchmark them.")
@@ -19,7 +23,8 @@ out = Console()
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {msg}")
+    # soft_wrap: the message stays one line on a pipe or a narrow terminal (rich would break it at 80 columns)
+    console.print(f"[red]error:[/red] {_escape(msg)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -48,6 +53,40 @@ def _model_dir(path: Path) -> Path:
     return path / "model" if (path / "model" / "config.json").exists() else path
 
 
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    console.print(f"[yellow]warning:[/yellow] {_escape(str(message))}", soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _read_data(data: str, modalities: list[str] | None, root: Path | None, seed: int):
+    """Resolve ``--data`` and keep its splits (carving train/val only from unassigned rows).
+
+    Returns the dataset and the notes that say what was done to it (split made, rows with no modality).
+    """
+    import warnings
+
+    from commonspace.data.dataset import DataWarning
+    from commonspace.data.resolve import ensure_splits, resolve_data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        warnings.showwarning = _show_warning  # one line, no file and line number of library code
+        ds = resolve_data(data, modalities, root=root)
+    ds, note = ensure_splits(ds, seed=seed)
+    notes = [note] if note else []
+    empty = int(ds.empty_rows.numel())
+    if empty:
+        notes.append(f"{empty} of {ds.n} rows have no modality present; they are left out of training and of "
+                     "every query and database")
+    return ds, notes
+
+
 def _guard(fn: Any) -> Any:
     """Turn data and checkpoint errors into one clear line and exit code 2, never a traceback."""
     import functools
@@ -64,22 +103,58 @@ def _guard(fn: Any) -> Any:
     return wrapper
 
 
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so files being written are removed; then one line, exit 128 + signal."""
+    from commonspace.data.io import Terminated, exit_on_signals
+
+    try:
+        with exit_on_signals():
+            yield
+    except Terminated as exc:
+        console.print(f"[red]error:[/red] stopped by {exc.signame}; files being written were discarded")
+        raise
+    except KeyboardInterrupt:  # typer turns it into exit code 130
+        console.print("[red]error:[/red] interrupted; files being written were discarded")
+        raise
+
+
+@app.callback()
+def _every_command(ctx: typer.Context) -> None:
+    # runs before any command (torchrun workers included) and unwinds after it, exception and all
+    ctx.with_resource(_interruptible())
+
+
 @app.command()
 @_guard
 def datasets() -> None:
     """List the builtin datasets with their sizes and whether they need external data."""
     from commonspace.data import builtin
 
+    rows = builtin.available()
     t = Table(title="builtin datasets (commonspace train --data NAME ...)")
-    for c in ("name", "modalities (dims)", "samples", "classes", "train/val/test", "available"):
-        t.add_column(c)
-    for d in builtin.available():
+    # the name is what the user types: never wrapped or cut, whatever the width; the other columns fold
+    t.add_column("name", no_wrap=True, min_width=max((len(d["name"]) for d in rows), default=4))
+    for c in ("modalities (dims)", "samples", "classes", "train / val / test", "available"):
+        t.add_column(c, overflow="fold", justify="right" if c in ("samples", "classes") else "left")
+    for d in rows:
         mods = ", ".join(f"{m} {v}" for m, v in d.get("modalities", {}).items())
         sp = d.get("splits", {})
         avail = "yes" if d.get("available") else f"no: needs {d.get('needs', '')}"
-        t.add_row(d["name"], mods, str(d.get("samples", "")), str(d.get("classes", "")),
-                  "/".join(str(sp.get(k, "-")) for k in ("train", "val", "test")), avail)
+        t.add_row(Text(d["name"]), Text(mods), str(d.get("samples", "")), str(d.get("classes", "")),
+                  " / ".join(str(sp.get(k, "-")) for k in ("train", "val", "test")), Text(avail))
     out.print(t)
+
+
+def _doc_summary(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph, without reST/Markdown markup."""
+    import re
+
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    # a sentence ends at ". " before a capital or markup, not at "Sec. 3.2" or "et al. 2011"
+    first = re.split(r"(?<=[.!?])\s+(?=[A-Z`:])", para)[0]
+    first = re.sub(r":[\w.:-]+:`~?([^`]*)`", r"\1", first)  # :class:`CVS`, :func:`~a.b`
+    return re.sub(r"`+([^`]*)`+", r"\1", first).replace("`", "")  # ``x``, `x` and any stray backtick
 
 
 @app.command()
@@ -87,12 +162,13 @@ def models() -> None:
     """List the registered models."""
     from commonspace.models.base import available_models, model_class
 
-    t = Table(title="models")
-    t.add_column("name")
-    t.add_column("description")
-    for n in available_models():
-        doc = (model_class(n).__doc__ or "").strip().splitlines()
-        t.add_row(n, doc[0] if doc else "")
+    names = available_models()
+    t = Table(title="models (commonspace train --model NAME ...)")
+    t.add_column("name", no_wrap=True, min_width=max((len(n) for n in names), default=4))
+    t.add_column("description", overflow="fold")
+    for n in names:
+        # Text, not a markup string: "[x1, x2]" in a docstring is not a rich style tag
+        t.add_row(Text(n), Text(_doc_summary(model_class(n).__doc__)))
     out.print(t)
 
 
@@ -117,45 +193,52 @@ def train(
 ) -> None:
     """Train a model on a dataset and save it (safetensors + JSON) under --out/model."""
     from commonspace.data.dataset import Standardizer
-    from commonspace.data.resolve import ensure_splits, resolve_data
-    from commonspace.models.base import create
+    from commonspace.models.base import create_for_data
     from commonspace.train import TrainConfig, Trainer
+    from commonspace.train.checkpoint import read_training_checkpoint
+    from commonspace.train.lock import RunLock
 
-    ds = resolve_data(data, _split_list(modalities), root=data_root)
-    ds, note = ensure_splits(ds, seed=seed)
-    if note and _is_rank0():
-        console.print(f"[yellow]note:[/yellow] {note}")
-    std = None
-    if standardize and ds.features and all(len(d) == 1 for d in ds.dims.values()):
-        std = Standardizer().fit(ds, "train")
-        ds = std.transform(ds)
-    m = create(model, ds.dims, **_parse_sets(set_))
-    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                                   "patience": patience}.items() if v is not None}
-    cfg = TrainConfig.for_model(m, seed=seed, out_dir=out_dir, progress=progress, **overrides)
-    val = "val" if "val" in ds.splits else None
-    history = Trainer(m, cfg, standardizer=std).fit(ds, train="train", val=val, resume=resume)
-    if _is_rank0():
-        last = history[-1] if history else {}
-        terms = {**last.get("train", {}), "val_loss": last.get("val_loss")}
-        console.print(f"saved {out_dir / 'model'} after {len(history)} epochs; last epoch: "
-                      + ", ".join(f"{k}={v:.4g}" for k, v in terms.items() if isinstance(v, float))
-                      + (f", {last['samples_per_s']:.0f} samples/s" if "samples_per_s" in last else ""))
+    # rank 0 holds the folder from the start, so a busy folder is refused before data is read or notes printed
+    with RunLock(out_dir) if _is_rank0() else contextlib.nullcontext():
+        hparams = _parse_sets(set_)
+        ds, notes = _read_data(data, _split_list(modalities), data_root, seed)
+        std = None
+        if standardize and ds.features and all(len(d) == 1 for d in ds.dims.values()):
+            std = Standardizer().fit(ds, "train")
+            ds = std.transform(ds)
+        m = create_for_data(model, ds, init_seed=seed, **hparams)  # seeded: same seed, same weights
+        overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                                       "patience": patience}.items() if v is not None}
+        cfg = TrainConfig.for_model(m, seed=seed, out_dir=out_dir, progress=progress, **overrides)
+        if resume and _is_rank0():  # a damaged checkpoint is refused here, before the notes, as one line
+            read_training_checkpoint(out_dir / "checkpoint")
+        if _is_rank0():  # said once the model and settings are accepted, so refused input gets one line only
+            for note in notes:
+                console.print(f"[yellow]note:[/yellow] {_escape(note)}", soft_wrap=True)
+        val = "val" if "val" in ds.splits else None
+        history = Trainer(m, cfg, standardizer=std).fit(ds, train="train", val=val, resume=resume)
+        selection = getattr(m, "selection", None)  # a setting the model chose on the validation split (CCA)
+        if selection and _is_rank0():
+            console.print(f"[yellow]note:[/yellow] {_escape(selection['summary'])}", soft_wrap=True)
+        if _is_rank0():
+            last = history[-1] if history else {}
+            terms = {**last.get("train", {}), "val_loss": last.get("val_loss")}
+            console.print(f"saved {out_dir / 'model'} after {len(history)} epochs; last epoch: "
+                          + ", ".join(f"{k}={v:.4g}" for k, v in terms.items() if isinstance(v, float))
+                          + (f", {last['samples_per_s']:.0f} samples/s" if "samples_per_s" in last else ""))
 
 
 def _load(model_path: Path, data: str, modalities: str | None, data_root: Path | None):
-    from commonspace.data.resolve import ensure_splits, resolve_data
     from commonspace.train.checkpoint import load_model
 
     loaded = load_model(_model_dir(model_path))
     mods = _split_list(modalities) or list(loaded.model.modalities)
-    ds = resolve_data(data, mods, root=data_root)
     # data without splits gets the same seeded split that `train` made for it
     seed = int((loaded.meta or {}).get("train_config", {}).get("seed", 0))
-    ds, _ = ensure_splits(ds, seed=seed)
+    ds, _ = _read_data(data, mods, data_root, seed)
+    loaded.model.check_data(ds)  # before the standardiser, whose message would not name the model
     if loaded.standardizer is not None:
         ds = loaded.standardizer.transform(ds)
-    loaded.model.check_data(ds)
     return loaded.model, ds
 
 
@@ -197,7 +280,7 @@ def embed(
 def evaluate(
     model: Annotated[Path, typer.Option(help="run folder or model folder")],
     data: Annotated[str, typer.Option(help="builtin name, .npz file or .toml spec")],
-    split: Annotated[str, typer.Option(help="the split that queries itself")] = "test",
+    split: Annotated[str, typer.Option(help="the split that queries itself, or 'all' (every row)")] = "test",
     k: Annotated[int, typer.Option(help="cut-off for P@K and mAP@K")] = 10,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the metrics as JSON")] = None,
     modalities: Annotated[str | None, typer.Option()] = None,
@@ -212,17 +295,25 @@ def evaluate(
     m, ds = _load(model, data, modalities, data_root)
     if ds.labels is None:
         _fail("evaluation needs labels (relevance = shares a label); the data has none")
-    idx = ds.split(split)
+    idx = torch.arange(ds.n) if split == "all" and "all" not in ds.splits else ds.split(split)
+    # a row with none of the model's modalities has nothing to embed: it is neither a query nor in a database
+    present = ds.mask[idx][:, [ds.modalities.index(mm) for mm in m.modalities]]
+    empty = int((~present.any(1)).sum())
+    idx = idx[present.any(1)]
+    if idx.numel() == 0:
+        _fail(f"no row of split {split!r} has any of the model's modalities {list(m.modalities)}; "
+              "check --modalities and the data's mask")
     b = ds.batch(idx)
     enc = m.encode_dataset(ds, idx)
     res: dict[str, dict] = {}
-    cm = cross_modal_retrieval(enc, b.labels, b.mask, m.modalities, ks=(k,), exclude_self=True, map_at=(k,),
-                               include_same=True)
+    cm = cross_modal_retrieval(enc, b.labels, m.presence_mask(b), m.modalities, ks=(k,), exclude_self=True,
+                               map_at=(k,), include_same=True)
     res.update(cm)
     joint = m.embed_dataset(ds, idx)
     res["joint"] = retrieval_metrics(joint, joint, b.labels, b.labels, ks=(k,), map_at=(k,),
                                      exclude_self=torch.arange(len(b)))
-    t = Table(title=f"{m.name} on {data} [{split}], {len(b)} items")
+    t = Table(title=f"{m.name} on {data} [{split}], {len(b)} items",
+              caption=f"{empty} rows with no modality present left out" if empty else None)
     keys = [f"p@{k}", f"map@{k}", "map"]
     t.add_column("query -> database")
     for c in (f"P@{k}", f"mAP@{k}", "mAP (full ranking)", "queries"):
@@ -234,7 +325,7 @@ def evaluate(
         t.add_row(name, *[f"{float(r[c]):.4f}" if c in r else "-" for c in keys], str(r.get("queries", "")))
     out.print(t)
     if json_out:
-        write_atomic(json_out, json.dumps(clean, indent=2))
+        write_atomic(json_out, json.dumps({**clean, "excluded_empty_rows": empty}, indent=2))
         console.print(f"wrote {json_out}")
 
 

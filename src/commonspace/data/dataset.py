@@ -6,6 +6,7 @@ A missing modality is stored as zeros with ``mask=False``; models read the mask,
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "DataError", "MultimodalDataset", "Standardizer"]
+__all__ = ["Batch", "DataError", "DataWarning", "MultimodalDataset", "Standardizer"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _DISJOINT = ("train", "val", "test")
@@ -36,6 +37,41 @@ def _as_tensor(x: object, what: str) -> Tensor:
         return torch.as_tensor(arr)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{what}: cannot convert to an array ({exc}); pass a numpy array or tensor") from exc
+
+
+_F32_MAX = float(torch.finfo(torch.float32).max)
+_F32_EXACT = 2 ** 24  # every integer up to this is exact in float32
+
+
+class DataWarning(UserWarning):
+    """Input that is used, but not exactly as given (the message says what is lost)."""
+
+
+def _to_float32(t: Tensor, m: str) -> Tensor:
+    """float32 features, refusing values float32 cannot hold and warning where integers lose precision."""
+    if t.numel() == 0:
+        return t.to(torch.float32)
+    if t.is_floating_point() and t.dtype == torch.float64:
+        big = torch.isfinite(t) & (t.abs() > _F32_MAX)
+        if big.any():
+            rows = torch.nonzero(big.reshape(t.shape[0], -1).any(1)).flatten()[:5].tolist()
+            raise DataError(f"modality {m!r} has values up to {float(t[big].abs().max()):.3g}, beyond float32's "
+                            f"range ({_F32_MAX:.3g}), which would overflow to inf (first rows {rows}); rescale the "
+                            "features (e.g. log or divide by a constant) before loading")
+    elif not t.is_floating_point() and t.dtype != torch.bool:
+        peak = int(t.abs().max())
+        if peak > _F32_EXACT:
+            warnings.warn(f"modality {m!r} holds integers up to {peak}, above 2^24 = {_F32_EXACT}: float32 "
+                          "cannot represent them all exactly, so precision is lost; rescale them if the low "
+                          "digits matter", DataWarning, stacklevel=4)
+    return t.to(torch.float32)
+
+
+def _string_labels(x: object) -> bool:
+    kind = getattr(getattr(x, "dtype", None), "kind", None)
+    if kind is None and isinstance(x, list | tuple) and x:
+        kind = "U" if isinstance(x[0], str | bytes) else None
+    return kind in ("U", "S", "O")
 
 
 @dataclass
@@ -117,7 +153,10 @@ class MultimodalDataset:
             if not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
                                                           torch.uint8, torch.bool)):
                 raise DataError(f"modality {m!r} has dtype {t.dtype}; expected numbers")
-            t = t.to(torch.float32)
+            if any(d == 0 for d in t.shape[1:]):
+                raise DataError(f"modality {m!r} has shape {tuple(t.shape)}, with no features; drop the modality "
+                                "or give it at least one feature per sample")
+            t = _to_float32(t, m)
             if n is None:
                 n, first = int(t.shape[0]), m
             elif int(t.shape[0]) != n:
@@ -165,9 +204,14 @@ class MultimodalDataset:
         self.mask = mask
 
         if self.labels is not None:
+            if _string_labels(self.labels):
+                sample = [str(v) for v in np.asarray(self.labels, dtype=object).reshape(-1)[:3]]
+                raise DataError(f"labels are strings (e.g. {sample}); map them to integer class ids first: "
+                                "names, y = numpy.unique(labels, return_inverse=True), then pass labels=y and "
+                                "class_names=names")
             y = _as_tensor(self.labels, "labels")
-            if y.ndim == 2 and y.shape[1] == 1:
-                y = y[:, 0]
+            if y.ndim == 2 and y.shape[1] == 1 and y.dtype != torch.bool:
+                y = y[:, 0]  # an integer column is a label vector (as MATLAB stores one); bool stays multi-label
             if y.ndim not in (1, 2) or y.shape[0] != n:
                 raise DataError(
                     f"labels have shape {tuple(y.shape)}; expected ({n},) class ids or ({n}, C) 0/1 multi-label "
@@ -218,6 +262,11 @@ class MultimodalDataset:
     def dims(self) -> dict[str, tuple[int, ...]]:
         """Per-modality feature shape without the sample axis."""
         return {m: tuple(x.shape[1:]) for m, x in self.features.items()}
+
+    @property
+    def empty_rows(self) -> Tensor:
+        """Indices of rows with no modality present (they carry no data to train on, query or retrieve)."""
+        return torch.nonzero(~self.mask.any(1)).flatten()
 
     @property
     def multilabel(self) -> bool:

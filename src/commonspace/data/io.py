@@ -12,10 +12,17 @@ Dataset ``.npz`` schema (all keys but ``x_*`` optional; see docs/data.md):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import signal
+import socket
 import tempfile
-from collections.abc import Callable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,14 +32,18 @@ import torch
 from commonspace.data.dataset import DataError, MultimodalDataset
 
 __all__ = [
+    "Terminated",
     "atomic_write",
+    "exit_on_signals",
     "load_array",
     "load_csv",
     "load_embeddings",
     "load_mat",
     "load_npz",
+    "read_npz",
     "save_embeddings",
     "save_npz",
+    "write_npz",
 ]
 
 _ARRAY_SUFFIXES = (".npy", ".npz", ".mat", ".csv", ".csv.gz", ".tsv", ".txt", ".h5", ".hdf5")
@@ -64,29 +75,179 @@ def _need_key(path: Path, available: list[str]) -> DataError:
     return DataError(f"{path}: holds several arrays {available}; pass key=... to choose one")
 
 
+#: a temp file whose writer cannot be checked (a name without pid, another host's) is swept after this long
+STALE_TMP_SECONDS = 3600.0
+
+
+def _host_tag() -> str:
+    # hashed: host names may hold dots, which would make the temp name ambiguous
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine; unknown counts as alive."""
+    if pid <= 0 or os.name == "nt":  # on Windows os.kill(pid, 0) would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by another user
+        return True
+    return True
+
+
+def _umask() -> int:
+    # /proc reads it without the set-and-restore dance, during which other threads would create 0o666 files
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _sweep_stale_tmp(path: Path) -> None:
+    """Remove temp siblings of ``path`` left by killed writers; never one a live writer may still be filling.
+
+    Ours are ``.NAME.PID-HOST.XXXXXXXX.tmp``: stale when HOST is this machine and PID is gone. Names without a
+    pid (written before pids were recorded) and other hosts' files are stale only after STALE_TMP_SECONDS.
+    """
+    name = re.escape(path.name)
+    own = re.compile(rf"\.{name}\.(\d+)-([0-9a-f]{{8}})\.[a-z0-9_]+\.tmp")
+    legacy = re.compile(rf"\.{name}\.(?:[a-z0-9_]{{8}}\.tmp|tmp-[a-z0-9_]{{8}})")
+    host, me, now = _host_tag(), os.getpid(), time.time()
+    try:
+        entries = [e for e in os.scandir(path.parent) if e.name.startswith(f".{path.name}.")]
+    except OSError:
+        return
+    for e in entries:
+        m = own.fullmatch(e.name)
+        try:
+            if m is not None and m.group(2) == host:
+                stale = int(m.group(1)) != me and not _pid_alive(int(m.group(1)))
+            elif m is not None or legacy.fullmatch(e.name):
+                stale = now - e.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
+            else:
+                continue
+            if stale and e.is_file(follow_symlinks=False):
+                os.unlink(e.path)
+        except OSError:  # gone meanwhile, or not ours to remove: leave it
+            pass
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it over ``path``.
 
     ``os.replace`` within one directory is atomic, so readers see the old file or the complete new one,
-    never a half-written file; on any error the temp file is removed and ``path`` is untouched.
+    never a half-written file; on any error (and on SIGTERM/SIGHUP inside :func:`exit_on_signals`, which every
+    CLI command uses) the temp file is removed and ``path`` is untouched. The temp file is
+    ``.NAME.PID-HOST.XXXXXXXX.tmp``; ones left by killed writers (pid gone) are swept first. The new file's mode
+    follows the umask (``0o666 & ~umask``), like any file the user creates.
     """
     path = Path(path).expanduser()
     if not path.parent.exists():
         raise DataError(f"{path}: folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give a file path to write")
+    _sweep_stale_tmp(path)
+    tmp: str | None = None
     try:
+        with _signals_deferred():  # a signal inside mkstemp would leave its file without a name to remove
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-{_host_tag()}.", suffix=".tmp",
+                                       dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         raise
     return path
+
+
+_DEFERRED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP back for a few lines; they are delivered (and raise) right after."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: nothing to block with
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP turned into an exception by :func:`exit_on_signals`; exits with ``128 + signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    @property
+    def signame(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+@contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """While active, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread instead of killing Python.
+
+    Python's default for them ends the process without running ``finally`` blocks, which is how temp files
+    leaked; as an exception they unwind like Ctrl-C. A signal with a handler other than the default (ignored, as
+    under ``nohup``, or the application's own) is left alone; a second one of the same kind kills at once.
+    Outside the main thread (where handlers cannot be set) this does nothing.
+    """
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signum, signal.SIG_DFL)  # if cleanup hangs, a second signal still ends the process
+        raise Terminated(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)  # no SIGHUP on Windows
+            if signum is not None and signal.getsignal(signum) is signal.SIG_DFL:
+                previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def write_npz(fh: IO[bytes], arrays: Mapping[str, np.ndarray], compress: bool = True) -> None:
+    """``np.savez`` with fixed zip timestamps, so the same arrays always give the same bytes.
+
+    numpy stamps every member with the current time, which makes two identical runs differ on disk.
+    """
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(fh, mode="w", compression=method, allowZip64=True) as zf:
+        for key, val in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as member:
+                npformat.write_array(member, np.asanyarray(val), allow_pickle=False)
 
 
 def _np(x: Any) -> np.ndarray:
@@ -106,7 +267,7 @@ def save_npz(dataset: MultimodalDataset, path: str | os.PathLike) -> Path:
     arrays["mask"] = _np(dataset.mask).astype(bool)
     if dataset.labels is not None:
         y = _np(dataset.labels)
-        arrays["labels"] = y.astype(np.uint8) if y.ndim == 2 else y.astype(np.int64)
+        arrays["labels"] = y.astype(bool) if y.ndim == 2 else y.astype(np.int64)  # bool: multi-label at any C
     for s, idx in dataset.splits.items():
         arrays[f"split_{s}"] = _np(idx).astype(np.int64)
     if dataset.class_names is not None:
@@ -114,7 +275,39 @@ def save_npz(dataset: MultimodalDataset, path: str | os.PathLike) -> Path:
     arrays["name"] = np.array(dataset.name, dtype=str)
     if dataset.meta:
         arrays["meta"] = np.array(json.dumps(dataset.meta, default=str), dtype=str)
-    return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+    return atomic_write(path, lambda fh: write_npz(fh, arrays))
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
+
+
+def read_npz(path: str | os.PathLike, what: str = ".npz file") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read fully; a damaged or foreign file is one :class:`DataError`.
+
+    numpy would unpickle a file that is not a zip (refused here, as allow_pickle is off, with a misleading
+    message) and raises ``BadZipFile``, ``zlib.error`` or ``EOFError`` on a truncated one.
+    """
+    import zipfile
+    import zlib
+
+    p = _existing(path)
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    if head not in _ZIP_MAGIC:
+        kind = "empty" if not head else ("a .npy array" if head.startswith(b"\x93NUM") else "not a zip archive")
+        raise DataError(f"{p}: not a valid {what} ({kind}); an .npz is a zip of .npy arrays, written by "
+                        "numpy.savez or commonspace; re-create the file")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):  # object arrays need pickle, which we never enable (untrusted files)
+            raise DataError(f"{p}: holds object arrays, which need pickle (refused for safety); save strings "
+                            "as numpy str arrays and numbers as numeric arrays") from exc
+        raise DataError(f"{p}: damaged {what} ({exc}); re-create or re-download it") from exc
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as exc:
+        raise DataError(f"{p}: damaged or truncated {what} ({type(exc).__name__}: {exc}); re-create or "
+                        "re-download it") from exc
 
 
 def load_npz(path: str | os.PathLike) -> MultimodalDataset:
@@ -122,13 +315,7 @@ def load_npz(path: str | os.PathLike) -> MultimodalDataset:
     p = _existing(path)
     if _suffix(p) != ".npz":
         raise DataError(f"{p}: load_npz reads .npz files; use load_array or load_spec for other formats")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except ValueError as exc:  # object arrays need pickle, which we never enable (untrusted files)
-        raise DataError(f"{p}: contains object arrays ({exc}); save strings as numpy str arrays") from exc
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{p}: not a readable .npz file ({exc})") from exc
+    data = read_npz(p)
     feats = {k[2:]: v for k, v in data.items() if k.startswith("x_")}
     if not feats:
         raise DataError(
@@ -277,10 +464,8 @@ def load_array(path: str | os.PathLike, key: str | None = None, **kw: Any) -> np
         except ValueError as exc:
             raise DataError(f"{p}: not a numeric .npy file ({exc})") from exc
     if suf == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            names = list(z.files)
-            key = _pick_key(p, key, names)
-            return z[key]
+        arrays = read_npz(p)
+        return arrays[_pick_key(p, key, list(arrays))]
     if suf == ".mat":
         return load_mat(p, key)
     if suf in (".h5", ".hdf5"):
@@ -324,7 +509,7 @@ def save_embeddings(
         if "__meta__" in data:
             raise DataError("'__meta__' is reserved for the metadata; rename that array")
         data["__meta__"] = np.array(meta_json, dtype=str)
-        return atomic_write(path, lambda fh: np.savez_compressed(fh, **data))
+        return atomic_write(path, lambda fh: write_npz(fh, data))
     if suf == ".parquet":
         try:
             import pyarrow as pa
@@ -356,9 +541,11 @@ def load_embeddings(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     p = _existing(path)
     suf = _suffix(p)
     if suf == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop("__meta__"))) if "__meta__" in arrays else {}
+        arrays = read_npz(p, "embeddings file")
+        try:
+            meta = json.loads(str(arrays.pop("__meta__"))) if "__meta__" in arrays else {}
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}: its '__meta__' entry is not valid JSON ({exc}); the file is damaged") from exc
         return arrays, meta
     if suf == ".parquet":
         try:

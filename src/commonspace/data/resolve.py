@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from commonspace.data.dataset import DataError, MultimodalDataset
 
@@ -36,22 +37,51 @@ def resolve_data(source: str, modalities: list[str] | None = None, root: Path | 
     return data
 
 
+def _carve(labels: np.ndarray | None, pool: np.ndarray, fractions: dict[str, float | int],
+           seed: int) -> dict[str, np.ndarray]:
+    """Seeded splits of the rows ``pool`` (stratified when single-label), as indices into the dataset."""
+    from commonspace.data.splits import stratified_splits
+
+    sub = None if labels is None else labels[pool]
+    try:
+        local = stratified_splits(sub, fractions, seed=seed, n=pool.size)
+    except DataError:  # a class too rare to stratify: a plain seeded split still keeps every row somewhere
+        local = stratified_splits(None, fractions, seed=seed, n=pool.size)
+    return {k: pool[v] for k, v in local.items()}
+
+
 def ensure_splits(data: MultimodalDataset, seed: int = 0,
                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> tuple[MultimodalDataset, str]:
-    """Give a dataset without a train split seeded train/val/test splits (stratified when labelled).
+    """Give a dataset without a train split seeded train (and val) splits; every given split is kept.
 
-    Returns the dataset and a sentence saying what was done, so callers can tell the user.
+    No split at all: seeded train/val/test of ``fractions`` (stratified when labelled). Some splits given
+    but no ``train``: train, and val when absent, are carved only from the rows no given split holds, so
+    a given test split stays exactly as it is. Returns the dataset and a sentence saying what was done.
     """
     if "train" in data.splits:
         return data, ""
-    from commonspace.data.splits import stratified_splits
-
     labels = None if data.labels is None or data.multilabel else data.labels.numpy()
-    if labels is None:
-        labels = np.zeros(data.n, dtype=np.int64)
-    splits = stratified_splits(labels, {"train": fractions[0], "val": fractions[1], "test": fractions[2]},
-                               seed=seed)
-    msg = (f"the data has no 'train' split: made a seeded (seed {seed}) split "
-           f"{int(fractions[0] * 100)}/{int(fractions[1] * 100)}/{int(fractions[2] * 100)} "
-           f"(train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])})")
-    return data.replace(splits=splits), msg
+    given = {k: v.numpy() for k, v in data.splits.items()}
+    if not given:
+        splits = _carve(labels, np.arange(data.n), {"train": fractions[0], "val": fractions[1],
+                                                    "test": fractions[2]}, seed)
+        msg = (f"the data has no splits: made a seeded (seed {seed}) split "
+               f"{round(fractions[0] * 100)}/{round(fractions[1] * 100)}/{round(fractions[2] * 100)} "
+               f"(train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])})")
+        return data.replace(splits=splits), msg
+    pool = np.setdiff1d(np.arange(data.n), np.concatenate(list(given.values())))
+    kept = ", ".join(f"{k} {len(v)}" for k, v in given.items())
+    if pool.size == 0:
+        raise DataError(f"the data gives splits ({kept} rows) that hold every row, but no 'train' split; add a "
+                        "split_train, or leave the training rows out of the other splits")
+    new: dict[str, np.ndarray]
+    val_share = fractions[1] / (fractions[0] + fractions[1])
+    k = round(val_share * pool.size)
+    if "val" in given or k < 1 or pool.size - k < 1:
+        new = {"train": pool}
+    else:
+        new = _carve(labels, pool, {"train": 1.0 - val_share, "val": val_share}, seed)
+    made = " and ".join(f"{name} ({len(v)} rows)" for name, v in new.items())
+    msg = (f"kept the data's splits ({kept} rows) and made {made} from the {pool.size} rows no given split "
+           f"holds (seed {seed})")
+    return data.replace(splits={**data.splits, **{n: torch.as_tensor(v) for n, v in new.items()}}), msg

@@ -15,6 +15,7 @@ Definitions (written out in ``docs/metrics.md``, section "Hamming retrieval"):
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Literal
 
@@ -23,12 +24,14 @@ import torch
 from torch import Tensor
 
 from commonspace.data.dataset import DataError
+from commonspace.data.labels import pair_relevance
 from commonspace.eval.retrieval import _check_exclude, _check_labels, retrieval_metrics
 
 __all__ = [
     "hamming_distance",
     "hamming_metrics",
     "pack_codes",
+    "packed_codes",
     "pr_curve",
     "precision_at_n",
     "unpack_codes",
@@ -75,10 +78,11 @@ def pack_codes(codes: object) -> np.ndarray:
 
 
 def unpack_codes(packed: object, n_bits: int, signed: bool = False) -> np.ndarray:
-    """Inverse of :func:`pack_codes`: (N, n_bits) uint8 {0,1} codes, or int8 {-1,+1} with ``signed=True``."""
-    p = _packed(packed, "packed")
-    if not 0 <= n_bits <= 8 * p.shape[1]:
-        raise DataError(f"n_bits={n_bits} does not fit in {p.shape[1]} bytes per code")
+    """Inverse of :func:`pack_codes`: (N, n_bits) uint8 {0,1} codes, or int8 {-1,+1} with ``signed=True``.
+
+    ``n_bits`` and the padding are checked as in :func:`packed_codes` (no set bit is dropped silently).
+    """
+    p, n_bits = packed_codes(packed, n_bits, "packed")
     bits = np.unpackbits(p, axis=1, count=n_bits, bitorder="big")
     return (2 * bits.astype(np.int8) - 1) if signed else bits
 
@@ -89,6 +93,36 @@ def _packed(x: object, what: str) -> np.ndarray:
         raise DataError(f"{what} must be packed codes: a uint8 (N, bytes) array from pack_codes, got "
                         f"{p.dtype} {p.shape}")
     return p
+
+
+def packed_codes(x: object, n_bits: int | None, what: str = "packed") -> tuple[np.ndarray, int]:
+    """Checked packed codes: the uint8 (N, B) array and its code length K (``n_bits``, default ``8 * B``).
+
+    K must fill the last byte, ``8 * B - 7 <= K <= 8 * B``, and the padding bits beyond K must be zero (as
+    :func:`pack_codes` writes them): set padding bits would count in every Hamming distance. The one check
+    used by the metrics here and by :class:`commonspace.index.BinaryIndex`.
+    """
+    p = _packed(x, what)
+    nb = p.shape[1]
+    if n_bits is None:
+        return p, 8 * nb
+    try:
+        k = operator.index(n_bits)  # an int, not 60.5 silently truncated
+    except TypeError as exc:
+        raise DataError(f"n_bits must be an integer, got {n_bits!r}") from exc
+    if not max(0, 8 * nb - 7) <= k <= 8 * nb:
+        fit = f"{8 * nb - 7}..{8 * nb}" if nb else "0"
+        raise DataError(f"n_bits={k} does not match {nb} bytes per code in {what} (fits {fit} bits); pass the "
+                        "code length the codes were packed with, or repack with pack_codes")
+    pad = 8 * nb - k
+    if pad:
+        # big-endian bits: the padding is the low ``pad`` bits of the last byte
+        bad = np.flatnonzero(p[:, -1] & np.uint8((1 << pad) - 1))
+        if bad.size:
+            raise DataError(f"{what}: {bad.size} rows (first {bad[:5].tolist()}) have non-zero padding bits "
+                            f"beyond n_bits={k}; pack with pack_codes, or zero them with "
+                            f"codes[:, -1] &= 0x{(0xFF << pad) & 0xFF:02X}")
+    return p, k
 
 
 def _words(p: np.ndarray) -> np.ndarray:
@@ -136,8 +170,8 @@ def _prepare(q_codes: object, db_codes: object, packed: bool, n_bits: int | None
                                                                                          np.ndarray, int]:
     """Packed (Q, B), (D, B) codes and the code length K."""
     if packed:
-        q, d = _packed(q_codes, "q_codes"), _packed(db_codes, "db_codes")
-        k = 8 * q.shape[1] if n_bits is None else int(n_bits)
+        q, k = packed_codes(q_codes, n_bits, "q_codes")
+        d, _ = packed_codes(db_codes, n_bits, "db_codes")
     else:
         qb, db = _bits(q_codes, "q_codes"), _bits(db_codes, "db_codes")
         if qb.shape[1] != db.shape[1]:
@@ -159,7 +193,12 @@ class _Chunks:
         q, d, self.n_bits = _prepare(q_codes, db_codes, packed, n_bits)
         self.nq, self.nd = q.shape[0], d.shape[0]
         self.qw, self.dw = _words(q), _words(d)
+        # canonical labels go on to retrieval_metrics (they read back the same); 0/1 float32 copies of
+        # multi-label indicators make the per-chunk relevance one matmul
         self.ql, self.dl, self.multi = _check_labels(q_labels, db_labels, self.nq, self.nd)
+        self._qr, self._dr = self.ql, self.dl
+        if self.multi:
+            self._qr, self._dr = self.ql.to(torch.float32), self.dl.to(torch.float32)
         self.ex = _check_exclude(exclude_self, self.nq, self.nd)
         self.chunk = chunk_size or max(1, min(1024, _CHUNK_ELEMENTS // self.nd))
 
@@ -167,10 +206,7 @@ class _Chunks:
         for s in range(0, self.nq, self.chunk):
             e = min(self.nq, s + self.chunk)
             dist = _distance_words(self.qw[s:e], self.dw)
-            if self.multi:
-                rel = (self.ql[s:e] @ self.dl.T > 0).numpy()
-            else:
-                rel = (self.ql[s:e, None] == self.dl[None, :]).numpy()
+            rel = pair_relevance(self._qr[s:e], self._dr).numpy()
             ex = None
             if self.ex is not None:
                 ex = self.ex[s:e]
@@ -227,8 +263,9 @@ def hamming_metrics(
     """Hashing retrieval metrics of binary codes: MAP, MAP@K, P@K, and precision/recall within ``radius``.
 
     Codes are (N, K) {-1,+1}/{0,1}/bool (or packed uint8 with ``packed=True``; ``n_bits`` then defaults to
-    8 x bytes). Ranking is by ascending Hamming distance, ties broken by database index. Relevance, the
-    exclusion of queries with no relevant item and ``exclude_self`` are those of ``retrieval_metrics``.
+    8 x bytes, and is checked with the padding by :func:`packed_codes`). Ranking is by ascending Hamming
+    distance, ties broken by database index. Relevance (the shared rule of :mod:`commonspace.data.labels`),
+    the exclusion of queries with no relevant item and ``exclude_self`` are those of ``retrieval_metrics``.
 
     Returns ``{"p@K", "map@K", "map", "p@r<=R", "recall@r<=R", "empty_queries", "queries",
     "excluded_queries", "database", "bits"}``; ``empty_queries`` counts evaluated queries with nothing

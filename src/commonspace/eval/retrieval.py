@@ -9,6 +9,10 @@ of the item at rank ``k`` (1-based, after exclusion) and ``R`` relevant items in
   (``ap_at_k_norm="retrieved"``, the DCMH / hashing convention) or ``min(R, K)`` (``"min"``);
 * ``R-precision = P@R``.
 
+Relevance is the one rule of :mod:`commonspace.data.labels`, the same the supervised losses train with:
+equal class ids for ``(N,)`` labels (or an integer ``(N, 1)`` column), at least one shared label for bool
+``(N, C)`` or 0/1 ``(N, C >= 2)`` indicators.
+
 Ties in score are broken stably by database index (the lower index ranks first). Queries with no relevant
 item in the database (``R = 0``) are left out of every metric and counted in ``excluded_queries``.
 
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from commonspace.data.dataset import DataError
+from commonspace.data.labels import canonical_labels, label_pair, pair_relevance
 
 __all__ = ["similarity", "retrieval_metrics", "cross_modal_retrieval", "METRICS"]
 
@@ -105,30 +110,11 @@ def _sort_rows(keys: Tensor, pool: ThreadPoolExecutor | None, threads: int) -> N
 
 
 def _check_labels(query_labels: object, db_labels: object, nq: int, nd: int) -> tuple[Tensor, Tensor, bool]:
-    ql = _tensor(query_labels, "query_labels")
-    dl = _tensor(db_labels, "db_labels")
-    if ql.ndim == 2 and ql.shape[1] == 1 and dl.ndim == 2 and dl.shape[1] == 1:
-        ql, dl = ql[:, 0], dl[:, 0]
-    if ql.ndim != dl.ndim or ql.ndim not in (1, 2):
-        raise DataError(f"query_labels {tuple(ql.shape)} and db_labels {tuple(dl.shape)} must both be (N,) "
-                        "class ids or both (N, C) 0/1 multi-label indicators")
+    """Canonical labels by the shared rule of :mod:`commonspace.data.labels` (ids or bool indicators)."""
+    ql, dl, multi = label_pair(query_labels, db_labels, "query_labels", "db_labels")
     if ql.shape[0] != nq or dl.shape[0] != nd:
         raise DataError(f"{ql.shape[0]} query labels for {nq} queries and {dl.shape[0]} database labels for "
                         f"{nd} database items; give one label row per item")
-    multi = ql.ndim == 2
-    if multi:
-        if ql.shape[1] != dl.shape[1]:
-            raise DataError(f"query_labels have {ql.shape[1]} classes but db_labels {dl.shape[1]}")
-        for t, w in ((ql, "query_labels"), (dl, "db_labels")):
-            if not torch.all((t == 0) | (t == 1)):
-                raise DataError(f"{w}: multi-label indicators must be 0/1 or boolean")
-        # float matmul counts shared labels; > 0 means relevant
-        ql, dl = ql.to(torch.float32), dl.to(torch.float32)
-    else:
-        if ql.is_floating_point() or dl.is_floating_point():
-            if not (torch.all(ql == ql.round()) and torch.all(dl == dl.round())):
-                raise DataError("single-label labels must be integer class ids")
-        ql, dl = ql.to(torch.int64), dl.to(torch.int64)
     return ql, dl, multi
 
 
@@ -169,7 +155,9 @@ def retrieval_metrics(
 ) -> dict:
     """Rank the database for every query and score the ranking against shared labels.
 
-    Relevance: same class id (labels ``(N,)``) or at least one shared label (0/1 ``(N, C)``).
+    Relevance (the rule of :mod:`commonspace.data.labels`, shared with the losses): same class id for
+    ``(N,)`` labels or an integer ``(N, 1)`` column; at least one shared label for bool ``(N, C)`` (C >= 1)
+    or 0/1 ``(N, C)`` (C >= 2) indicators, so an all-False row is relevant to nothing.
     ``exclude_self[i]`` is the database index removed from query i's ranking (-1: none; ``True``: the
     queries are the database, item i is removed from query i's ranking). ``scores``
     (Q, D), higher = more similar, replaces the embeddings (e.g. a weighted sum of similarity matrices).
@@ -209,6 +197,9 @@ def retrieval_metrics(
     if nd == 0:
         raise DataError("the database is empty")
     ql, dl, multi = _check_labels(query_labels, db_labels, nq, nd)
+    if multi:
+        # 0/1 float32 once, not per chunk: the shared-label counts are one matmul per chunk
+        ql, dl = ql.to(torch.float32), dl.to(torch.float32)
     ex = _check_exclude(exclude_self, nq, nd)
     ks = [int(k) for k in ks]
     map_at = [int(k) for k in (map_at or ())]
@@ -272,11 +263,7 @@ def retrieval_metrics(
             order = keys.bitwise_and_(0xFFFFFFFF)  # the low 32 bits are the database index
             # relevance in database order, then gathered into rank order
             rel_db = buf_rdb[:m]
-            if multi:
-                torch.mm(ql[s:e], dl.T, out=sc)  # shared-label counts (the scores are no longer needed)
-                torch.gt(sc, 0, out=rel_db)
-            else:
-                torch.eq(ql[s:e, None], dl[None, :], out=rel_db)
+            pair_relevance(ql[s:e], dl, out=rel_db, work=sc)  # sc: the scores are no longer needed
             if has is not None:
                 rel_db[rows[has], exc[has]] = False
             rel = torch.gather(rel_db, 1, order, out=buf_rel[:m])
@@ -379,7 +366,7 @@ def cross_modal_retrieval(
     missing = [m for m in modalities if m not in encoded]
     if missing:
         raise DataError(f"encoded has no vectors for modalities {missing}; it has {sorted(encoded)}")
-    y = _tensor(labels, "labels")
+    y = canonical_labels(labels, "labels")  # checked once; the per-pair subsets read back the same
     n = int(y.shape[0])
     if mask is None:
         mask_t = torch.ones(n, len(modalities), dtype=torch.bool)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from commonspace.data.dataset import DataError
-from commonspace.data.io import atomic_write
-from commonspace.eval.hamming import _bits, _packed
+from commonspace.data.io import atomic_write, read_npz, write_npz
+from commonspace.eval.hamming import _bits, packed_codes
 
 __all__ = ["BinaryIndex", "EmbeddingIndex", "METRICS", "load_index"]
 
@@ -287,7 +287,7 @@ class _Index:
         arrays = {"faiss_index": self._serialize(), "ids": self._ids,
                   "meta": np.array(json.dumps(meta, default=str), dtype=str)}
         # uncompressed: float vectors barely compress and a 256 MB index would take seconds to deflate
-        return atomic_write(path, lambda fh: np.savez(fh, **arrays))
+        return atomic_write(path, lambda fh: write_npz(fh, arrays, compress=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> _Index:
@@ -496,10 +496,9 @@ def _code_rows(x: object, what: str, index: BinaryIndex | None, packed: bool, n_
         p = _numpy(x, what)
         if p.ndim == 1:
             p = p[None, :]
-        p = _packed(p, what)
-        bits = 8 * p.shape[1] if n_bits is None else int(n_bits)
-        if not 8 * p.shape[1] - 7 <= bits <= 8 * p.shape[1]:
-            raise DataError(f"n_bits={bits} does not match {p.shape[1]} bytes per code")
+        if n_bits is None and index is not None and p.ndim == 2 and p.shape[1] * 8 == index.meta["dim"]:
+            n_bits = index.bits  # packed queries/additions: their padding must be zero too
+        p, bits = packed_codes(p, n_bits, what)
     else:
         a = _numpy(x, what)
         if a.ndim == 1:
@@ -508,7 +507,7 @@ def _code_rows(x: object, what: str, index: BinaryIndex | None, packed: bool, n_
         bits = b.shape[1]
         p = np.packbits(b, axis=1, bitorder="big")
     if index is not None:
-        if p.shape[1] * 8 != index.meta["dim"] or (not packed and bits != index.bits):
+        if p.shape[1] * 8 != index.meta["dim"] or bits != index.bits:
             raise DataError(f"index holds {index.bits}-bit codes, got {bits}-bit {what}")
     if p.shape[1] == 0:
         raise DataError(f"{what} have 0 bits")
@@ -521,13 +520,13 @@ def load_index(path: str | os.PathLike) -> EmbeddingIndex | BinaryIndex:
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"{p}: index file not found")
+    z = read_npz(p, "index file")
+    if not {"faiss_index", "ids", "meta"} <= set(z):
+        raise DataError(f"{p}: not a commonspace index file (arrays {sorted(z)}); "
+                        "build one with EmbeddingIndex.build(...).save(path)")
     try:
-        with np.load(p, allow_pickle=False) as z:
-            if not {"faiss_index", "ids", "meta"} <= set(z.files):
-                raise DataError(f"{p}: not a commonspace index file (arrays {sorted(z.files)}); "
-                                "build one with EmbeddingIndex.build(...).save(path)")
-            raw, ids, meta = z["faiss_index"], z["ids"].astype(np.int64), json.loads(str(z["meta"]))
-    except (ValueError, OSError, EOFError) as exc:
+        raw, ids, meta = z["faiss_index"], z["ids"].astype(np.int64), json.loads(str(z["meta"]))
+    except (ValueError, TypeError) as exc:
         raise DataError(f"{p}: not a readable index file ({exc})") from exc
     if meta.get("format") != FORMAT:
         raise DataError(f"{p}: not a commonspace index file (format {meta.get('format')!r})")

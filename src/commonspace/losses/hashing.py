@@ -1,7 +1,8 @@
 """Supervised hashing losses: the triplet ranking loss of modal-aware multimodal hashing and the unimodal
 baselines of its experiments (DPSH, DSH, HashNet, DTH, CSQ). Equations in docs/methods_hashing.md.
 
-Relevance is "shares at least one label": single-label int (B,) labels or multi-label bool (B, C) indicators.
+Relevance is the rule the metrics use (:mod:`commonspace.data.labels`): equal class ids for (B,) labels or an
+integer (B, 1) column, at least one shared label for bool (B, C) or 0/1 (B, C >= 2) indicators.
 Codes are (B, K) with K bits; ``u`` is a head's real output, ``b = tanh(u)`` its relaxed code, ``sign(u)`` the
 binary code. Everything is vectorised over the batch (pairs are (B, B) matrices, triplets a (B, B, B) tensor).
 """
@@ -15,6 +16,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from commonspace.data.dataset import DataError
+from commonspace.data.labels import canonical_labels, label_pair, pair_relevance
 
 __all__ = [
     "csq_loss", "csq_targets", "dpsh_loss", "dsh_loss", "hadamard", "hash_centres", "hashnet_loss",
@@ -23,17 +25,21 @@ __all__ = [
 ]
 
 
-def relevance(labels: Tensor, other: Tensor | None = None) -> Tensor:
-    """Bool (B, B'): ``S_ij = 1`` when samples i and j share a label (a multi-label row of zeros shares none)."""
+def _labels(labels: Tensor | None) -> Tensor:
+    """Canonical batch labels (int64 ids or bool indicators) by the shared rule of :mod:`commonspace.data.labels`."""
     if labels is None:
         raise DataError("supervised hashing needs labels (batch.labels is None); give the dataset labels")
-    other = labels if other is None else other
-    if labels.ndim == 1:
-        return labels.reshape(-1, 1) == other.reshape(1, -1)
-    if labels.ndim == 2:
-        a, b = labels.to(torch.float32), other.to(torch.float32)
-        return (a @ b.T) > 0
-    raise DataError(f"labels must be (B,) class ids or (B, C) indicators, got shape {tuple(labels.shape)}")
+    return canonical_labels(labels, "labels")
+
+
+def relevance(labels: Tensor, other: Tensor | None = None) -> Tensor:
+    """Bool (B, B'): ``S_ij = 1`` when samples i and j are relevant by the rule the metrics use
+    (:mod:`commonspace.data.labels`): equal class ids, or a shared label (an all-False row shares none)."""
+    if other is None:
+        y = _labels(labels)
+        return pair_relevance(y, y)
+    q, d, _ = label_pair(_labels(labels), other, "labels", "other labels")
+    return pair_relevance(q, d)
 
 
 def sign_codes(u: Tensor) -> Tensor:
@@ -162,6 +168,7 @@ def csq_targets(labels: Tensor, bits: int, num_classes: int | None = None, seed:
     Single-label: the class's centre. Multi-label: ``sign(sum of the sample's labels' centres)``, ties broken by
     a fixed random +-1 vector (CSQ's rule); a sample without labels has no centre.
     """
+    labels = _labels(labels)  # an integer (B, 1) column is class ids here too
     dev = labels.device
     if labels.ndim == 1:
         top = int(labels.max()) + 1 if labels.numel() else 1

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from commonspace.data.labels import label_pair, pair_relevance
+
 __all__ = ["same_label", "semihard_negatives", "squared_distances", "triplet_loss"]
 
 
@@ -22,10 +24,9 @@ def squared_distances(a: Tensor, b: Tensor) -> Tensor:
 
 
 def same_label(y_a: Tensor, y_b: Tensor) -> Tensor:
-    """(A, B) True where two samples share a class: equal ids, or for 0/1 multi-label rows any common label."""
-    if y_a.ndim == 1:
-        return y_a.reshape(-1, 1) == y_b.reshape(1, -1)
-    return (y_a.float() @ y_b.float().T) > 0
+    """(A, B) True where two samples share a class: equal ids, or for 0/1 multi-label rows any common label
+    (the relevance rule of the metrics, :mod:`commonspace.data.labels`)."""
+    return pair_relevance(*label_pair(y_a, y_b, "anchor labels", "other labels")[:2])
 
 
 def semihard_negatives(d_ap: Tensor, d_an: Tensor, neg_mask: Tensor, margin: float) -> tuple[Tensor, Tensor]:

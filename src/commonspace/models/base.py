@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
+import numbers
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from commonspace.data.dataset import Batch, DataError, MultimodalDataset
 
-__all__ = ["MultimodalModel", "Stage", "available_models", "create", "model_class", "per_modality", "register"]
+__all__ = ["MultimodalModel", "Stage", "available_models", "create", "create_for_data", "model_class", "per_modality",
+           "register"]
 
 
 @dataclass
@@ -43,6 +50,13 @@ class MultimodalModel(nn.Module):
     trainable: ClassVar[bool] = True
     #: the paper's training settings (TrainConfig fields) used when the caller gives none
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: the loss needs labels (cvs, mcvs, rvs, mahash, unihash): create_for_data refuses unlabelled data
+    supervised: ClassVar[bool] = False
+
+    @classmethod
+    def hparams_from_data(cls, data: MultimodalDataset) -> dict[str, Any]:
+        """Hyper-parameters read off the data (e.g. the class count); the caller's own values win."""
+        return {}
 
     def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]]) -> None:
         super().__init__()
@@ -186,10 +200,115 @@ def model_class(name: str) -> type[MultimodalModel]:
     return _REGISTRY[name]
 
 
-def create(name: str, dims: Mapping[str, Iterable[int] | int], **hparams: Any) -> MultimodalModel:
-    """Build a registered model: ``create("bidnn", dims={"image": 128, "text": 10}, hidden=200)``."""
+def _constructor_params(cls: type) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of ``cls.__init__``, following ``**hparams`` up to the parent constructors."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is nn.Module:
+            continue
+        sig = inspect.signature(init)
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # an annotation that cannot be resolved is simply not checked
+            hints = {}
+        rest = False
+        for p in list(sig.parameters.values())[2:]:  # self, dims
+            if p.kind is p.VAR_KEYWORD:
+                rest = True
+            elif p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in params:
+                params[p.name] = p.replace(annotation=hints.get(p.name, inspect.Parameter.empty))
+        if not rest:
+            break
+    return params
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True
+    if tp is type(None):
+        return value is None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+    if tp is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or tp in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return False
+        elem = [a for a in args if a is not Ellipsis]
+        if origin is tuple and len(args) > 1 and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return not elem or all(_matches(v, elem[0]) for v in value)
+    if origin in (dict, collections.abc.Mapping) or tp is dict:
+        return isinstance(value, dict) and (len(args) < 2 or all(_matches(v, args[1]) for v in value.values()))
+    return True  # a type this check does not know: the constructor validates it
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if origin in (list, tuple, collections.abc.Sequence):
+        elem = [a for a in args if a is not Ellipsis]
+        return f"a list of {_describe(elem[0])}" if elem else "a list"
+    if origin in (dict, collections.abc.Mapping):
+        return "a mapping (JSON object)"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def check_hparams(cls: type[MultimodalModel], hparams: Mapping[str, Any]) -> None:
+    """Refuse unknown hyper-parameters and values of the wrong type, naming the parameter and the type."""
+    params = _constructor_params(cls)
+    unknown = sorted(set(hparams) - set(params))
+    if unknown:
+        raise DataError(f"unknown hyper-parameters {unknown} for model {cls.name!r}; valid ones: {sorted(params)}")
+    for k, v in hparams.items():
+        tp = params[k].annotation
+        if not _matches(v, tp):
+            default = "" if params[k].default is params[k].empty else f" (default {params[k].default!r})"
+            raise DataError(f"hyper-parameter {k!r} of model {cls.name!r} must be {_describe(tp)}{default}, "
+                            f"got {v!r}")
+
+
+def create(name: str, dims: Mapping[str, Iterable[int] | int], *, init_seed: int | None = None,
+           **hparams: Any) -> MultimodalModel:
+    """Build a registered model: ``create("bidnn", dims={"image": 128, "text": 10}, hidden=200)``.
+
+    ``init_seed`` draws the initial weights from that seed without touching the global RNG, so the same
+    seed gives the same weights whatever ran before (None: the global RNG, as plain torch does).
+    """
     cls = model_class(name)
+    check_hparams(cls, hparams)
     try:
-        return cls(dims, **hparams)
+        if init_seed is None:
+            return cls(dims, **hparams)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(init_seed))
+            return cls(dims, **hparams)
     except TypeError as exc:
         raise DataError(f"bad hyper-parameters for {name!r}: {exc}") from exc
+
+
+def create_for_data(name: str, data: MultimodalDataset, *, init_seed: int | None = None,
+                    **hparams: Any) -> MultimodalModel:
+    """:func:`create` for ``data``: its dims, plus what the model reads off it (``n_classes`` of a supervised
+    model) for every key the caller left out."""
+    cls = model_class(name)
+    if cls.supervised and data.labels is None:
+        raise DataError(f"model {name!r} is supervised and needs class labels, but the data {data.name!r} has none; "
+                        "give the data labels or use an unsupervised model")
+    filled = {k: v for k, v in cls.hparams_from_data(data).items() if k not in hparams}
+    return create(name, data.dims, init_seed=init_seed, **filled, **hparams)

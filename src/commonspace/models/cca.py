@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +15,12 @@ from commonspace.models.base import MultimodalModel, register
 from commonspace.models.bidnn import duplicate_missing, two_modalities
 from commonspace.nn.mlp import flat_dim, masked_flat
 
-__all__ = ["LinearCCA", "fit_cca"]
+__all__ = ["N_COMPONENTS_GRID", "LinearCCA", "fit_cca"]
+
+log = logging.getLogger("commonspace.models.cca")
+
+#: component counts tried on the validation split when the user gives no ``n_components`` (the BiDNN bench's grid)
+N_COMPONENTS_GRID: tuple[int, ...] = (2, 4, 8, 10, 16, 32, 64)
 
 
 def _inv_sqrt(c: np.ndarray) -> np.ndarray:
@@ -57,7 +64,9 @@ def fit_cca(x: np.ndarray, y: np.ndarray, k: int, reg: float) -> tuple[np.ndarra
 class LinearCCA(MultimodalModel):
     """Linear CCA between exactly two modalities, fitted on the complete training pairs.
 
-    Hyper-parameters: ``n_components`` (None = min(d1, d2)), ``reg`` (1e-3, added to both covariance
+    Hyper-parameters: ``n_components`` (None = chosen on the "val" split when the data has one and labels:
+    the count of :data:`N_COMPONENTS_GRID` with the best mean cross-modal val mAP; else min(d1, d2); the choice
+    is kept in the config and in ``selection``), ``reg`` (1e-3, added to both covariance
     diagonals; the features are standardised so an absolute value is meaningful), ``scale_by_corr`` (False;
     if True each canonical variate is multiplied by its correlation, which down-weights weakly shared
     directions). State (means, projections, correlations, a fitted flag) lives in buffers, so checkpoints hold
@@ -81,6 +90,10 @@ class LinearCCA(MultimodalModel):
         self.save_config(n_components=None if n_components is None else k, reg=float(reg),
                          scale_by_corr=bool(scale_by_corr))
         self.k = k
+        # only a count the user left open is chosen on val; config["n_components"] then records the choice
+        self._choose = n_components is None
+        #: how n_components was chosen by the last fit (None: given, or nothing to choose on)
+        self.selection: dict[str, Any] | None = None
         self.register_buffer("mean1", torch.zeros(d1))
         self.register_buffer("mean2", torch.zeros(d2))
         self.register_buffer("proj1", torch.zeros(d1, k))
@@ -89,18 +102,72 @@ class LinearCCA(MultimodalModel):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def fit_closed_form(self, data: MultimodalDataset, split: str = "train") -> None:
-        """Fit on the samples of ``split`` that have both modalities (``split=None``: all rows)."""
+        """Fit on the samples of ``split`` that have both modalities (``split=None``: all rows).
+
+        With ``n_components`` left open and a "val" split with labels (and ``split`` given), the count is
+        chosen there: see :meth:`select_n_components`.
+        """
         self.check_data(data)
         idx = data.split(split) if split else torch.arange(data.n)
-        j1, j2 = data.modalities.index(self.m1), data.modalities.index(self.m2)
-        rows = idx[data.mask[idx, j1] & data.mask[idx, j2]]
+        rows = idx[self._complete(data, idx)]
         x = data.features[self.m1].index_select(0, rows).reshape(rows.numel(), -1).double().numpy()
         y = data.features[self.m2].index_select(0, rows).reshape(rows.numel(), -1).double().numpy()
-        mx, my, a, b, s = fit_cca(x, y, self.k, float(self.config["reg"]))
+        kmax = min(x.shape[1], y.shape[1]) if self._choose else self.k
+        # one fit with every component: the first k columns are exactly the fit with k components
+        mx, my, a, b, s = fit_cca(x, y, kmax, float(self.config["reg"]))
         for name, val in (("mean1", mx), ("mean2", my), ("proj1", a), ("proj2", b), ("corr", s)):
+            # assigning replaces the buffer: its width follows the number of components
             buf = getattr(self, name)
-            buf.copy_(torch.from_numpy(np.ascontiguousarray(val)).to(buf.dtype))
+            setattr(self, name, torch.from_numpy(np.ascontiguousarray(val)).to(device=buf.device, dtype=buf.dtype))
+        self.k = kmax
         self.fitted.fill_(True)
+        self.selection = None
+        if self._choose:
+            self.config["n_components"] = None
+        if self._choose and split and "val" in data.splits and data.labels is not None:
+            self.selection = self.select_n_components(data, "val")
+            if self.selection is not None:
+                self._keep(self.selection["n_components"])
+                log.info("cca: %s", self.selection["summary"])
+
+    def _complete(self, data: MultimodalDataset, idx: Tensor) -> Tensor:
+        j1, j2 = data.modalities.index(self.m1), data.modalities.index(self.m2)
+        return data.mask[idx, j1] & data.mask[idx, j2]
+
+    def _keep(self, k: int) -> None:
+        """Keep the first ``k`` components of the fit and record ``k`` in the config (checkpoints rebuild it)."""
+        self.proj1 = self.proj1[:, :k].clone()
+        self.proj2 = self.proj2[:, :k].clone()
+        self.corr = self.corr[:k].clone()
+        self.k = k
+        self.config["n_components"] = k
+
+    @torch.no_grad()
+    def select_n_components(self, data: MultimodalDataset, val: str = "val",
+                            grid: Sequence[int] = N_COMPONENTS_GRID) -> dict[str, Any] | None:
+        """Choose the number of components of this fit on ``val``: the count in ``grid`` (at most the fitted
+        components) with the best mean cross-modal mAP (both directions, cosine, full ranking) over the
+        complete val pairs; ties go to the smaller count. None when no count or no complete val pair exists."""
+        from commonspace.eval.retrieval import retrieval_metrics
+
+        self._check_fitted()
+        idx = data.split(val)
+        idx = idx[self._complete(data, idx)]
+        cands = [int(k) for k in grid if 1 <= int(k) <= self.k]
+        if idx.numel() < 2 or not cands:
+            return None
+        z = {m: v.cpu() for m, v in self.encode(data.batch(idx).to(self.mean1.device)).items()}
+        y = data.labels[idx]
+        scores: dict[int, float] = {}
+        for k in cands:
+            e1, e2 = z[self.m1][:, :k], z[self.m2][:, :k]
+            scores[k] = 0.5 * (float(retrieval_metrics(e1, e2, y, y)["map"])
+                               + float(retrieval_metrics(e2, e1, y, y)["map"]))
+        best = max(cands, key=lambda k: (scores[k], -k))
+        summary = (f"n_components={best} chosen on the {val!r} split (mean cross-modal mAP {scores[best]:.3f}; "
+                   f"tried {', '.join(map(str, cands))}); give n_components to set it yourself")
+        return {"n_components": best, "split": val, "criterion": "mean cross-modal mAP", "scores": scores,
+                "summary": summary}
 
     def _check_fitted(self) -> None:
         if not bool(self.fitted):

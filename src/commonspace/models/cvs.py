@@ -61,6 +61,14 @@ class CVS(MultimodalModel):
     """
 
     train_defaults = dict(_ADAM)
+    supervised = True
+
+    @classmethod
+    def hparams_from_data(cls, data: MultimodalDataset) -> dict[str, Any]:
+        """``n_classes`` and ``multilabel`` from the labels (multi-label: the number of label columns)."""
+        if data.labels is None:
+            return {}
+        return {"n_classes": int(data.num_classes), "multilabel": bool(data.multilabel)}
 
     def __init__(self, dims: Dims, n_classes: int | None = None, dim: int = 512,
                  hidden: Sequence[int] = (512, 512), activation: str = "relu", multilabel: bool = False,

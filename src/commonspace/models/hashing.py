@@ -10,11 +10,12 @@ relaxed code, so float retrieval (cosine / Euclidean) works on the same represen
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from commonspace.data.dataset import Batch, DataError
+from commonspace.data.dataset import Batch, DataError, MultimodalDataset
 from commonspace.losses.hashing import (
     csq_loss,
     dpsh_loss,
@@ -123,6 +124,7 @@ class ModalAwareHashing(MultimodalModel):
     """
 
     train_defaults = dict(_ADAM)
+    supervised = True
 
     def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]], bits: int = 32,
                  fusion: str = "concat", use_kn: bool = True, use_an: bool = True, image_backbone: str = "maps",
@@ -225,6 +227,14 @@ class UnimodalHashing(MultimodalModel):
     """
 
     train_defaults = dict(_ADAM)
+    supervised = True
+
+    @classmethod
+    def hparams_from_data(cls, data: MultimodalDataset) -> dict[str, Any]:
+        """``num_classes`` (CSQ's centres) from single-label data; multi-label CSQ reads it off the label rows."""
+        if data.labels is None or data.multilabel:
+            return {}
+        return {"num_classes": int(data.num_classes)}
 
     def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]], method: str = "dpsh",
                  modality: str | None = None, bits: int = 32, image_backbone: str = "maps",

@@ -9,14 +9,21 @@ Two layouts:
 
 Every directory is written into a temporary sibling and renamed into place, so a kill at any moment leaves
 the previous complete directory (as ``name`` or, between the two renames, as ``name.old``).
+
+Every weight file's SHA-256 is recorded in the JSON written after it (``config.json``; for a training checkpoint
+``trainer.json``, which covers every other file) and verified before anything is parsed, so a damaged file is
+an error naming it, never silently different weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from commonspace.data.dataset import DataError, Standardizer
+from commonspace.data.io import STALE_TMP_SECONDS, _host_tag, _pid_alive, _umask
 from commonspace.models.base import MultimodalModel, create
 
 __all__ = [
@@ -45,7 +53,12 @@ __all__ = [
 ]
 
 FORMAT = "commonspace.model"
-FORMAT_VERSION = 1
+#: 2 adds SHA-256 checksums of the weight files; version 1 directories (no checksums) still load
+FORMAT_VERSION = 2
+CHECKSUMS = "checksums"
+#: what to do about a damaged model directory, and about a damaged training checkpoint met on resume
+FIX_MODEL = "restore the directory from a backup or retrain the model"
+FIX_RESUME = "use a new --out or --no-resume (API: a new out_dir or fit(..., resume=False)) to start over"
 
 
 class CheckpointError(DataError):
@@ -84,32 +97,48 @@ def _write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str
     _fsync_path(path)
 
 
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checksums(directory: Path, names: list[str]) -> dict[str, str]:
+    # hashed from the files as written (after fsync), so what is verified later is what reached the disk
+    return {n: _sha256(directory / n) for n in names}
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace a small file atomically (temp file + ``os.replace``)."""
+    """Replace a small UTF-8 text file atomically, through :func:`commonspace.data.io.atomic_write`."""
+    from commonspace.data.io import atomic_write  # one writer: temp naming, stale sweep, umask, cleanup
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode(0o666))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _umask_mode(mode: int) -> int:
     # mkdtemp/mkstemp create private (0700/0600) entries; published checkpoints should follow the umask
-    mask = os.umask(0)
-    os.umask(mask)
-    return mode & ~mask
+    return mode & ~_umask()
 
 
 def _old(target: Path) -> Path:
     return target.with_name(target.name + ".old")
+
+
+def _is_stale(tmp: Path, name: str, now: float) -> bool:
+    """A temporary sibling of ``name`` left by a writer that is gone (never one that may still be writing)."""
+    m = re.fullmatch(rf"\.{re.escape(name)}\.tmp-(\d+)-([0-9a-f]{{8}})-.+", tmp.name)
+    if m is not None and m.group(2) == _host_tag():
+        pid = int(m.group(1))
+        return pid != os.getpid() and not _pid_alive(pid)
+    try:  # a legacy name without pid, or another host's writer: only age tells
+        return now - tmp.lstat().st_mtime > STALE_TMP_SECONDS
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -117,13 +146,16 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``target`` as a whole.
 
     At every instant either ``target`` or ``target.old`` is a complete directory (see :func:`find_checkpoint`),
-    so a killed writer never leaves a half-written one behind.
+    so a killed writer never leaves a half-written one behind. The temporary name carries the writer's pid and
+    host, so leftovers of killed writers are swept while another live writer's folder is left alone.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a writer that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    now = time.time()
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        if _is_stale(stale, target.name, now):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-{_host_tag()}-", dir=target.parent))
     try:
         os.chmod(tmp, _umask_mode(0o777))
         yield tmp
@@ -284,14 +316,19 @@ def _model_header(model: MultimodalModel, meta: Mapping[str, Any] | None) -> dic
 
 
 def _write_model_files(directory: Path, model: MultimodalModel, standardizer: Standardizer | None,
-                       meta: Mapping[str, Any] | None) -> None:
+                       meta: Mapping[str, Any] | None) -> dict[str, str]:
+    """Write the model directory files; returns the checksums recorded in ``config.json``."""
     header = _model_header(model, meta)
     header["standardizer"] = None if standardizer is None else {"eps": standardizer.eps}
-    weights, aliases = state_for_saving(model)
-    _write_tensors(directory / "model.safetensors", weights, {"format": "pt", "aliases": json.dumps(aliases)})
+    weights, _ = state_for_saving(model)  # tied names are recomputed from the model on load
+    _write_tensors(directory / "model.safetensors", weights, {"format": "pt"})
+    names = ["model.safetensors"]
     if standardizer is not None:
         _write_tensors(directory / "standardizer.safetensors", standardizer.state_dict())
+        names.append("standardizer.safetensors")
+    header[CHECKSUMS] = _checksums(directory, names)
     _write_json(directory / "config.json", header)
+    return dict(header[CHECKSUMS])
 
 
 def save_model(directory: str | Path, model: MultimodalModel, standardizer: Standardizer | None = None,
@@ -305,18 +342,135 @@ def save_model(directory: str | Path, model: MultimodalModel, standardizer: Stan
     return directory
 
 
-def _read_header(directory: Path) -> dict[str, Any]:
+# --------------------------------------------------------------------------- verified reading
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a plain name inside the directory, never a path
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    """Parse one JSON file of a checkpoint; unreadable or invalid JSON is a CheckpointError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is damaged (not valid JSON: {_one_line(exc)}); {fix}") from exc
+
+
+@contextmanager
+def _safetensors_errors(path: Path, fix: str) -> Iterator[None]:
+    """Turn safetensors' errors on a damaged or truncated file into a CheckpointError naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; the checkpoint is incomplete; {fix}")
+    try:
+        yield
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is damaged or truncated (not a readable safetensors file: "
+                              f"{_one_line(exc)}); {fix}") from exc
+
+
+def _load_tensors(path: Path, fix: str = FIX_MODEL) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file, on the CPU (see :func:`_safetensors_errors`)."""
+    with _safetensors_errors(path, fix):
+        return load_file(str(path))
+
+
+def _read_checksums(obj: Mapping[str, Any], recorded_in: Path, fix: str) -> dict[str, str] | None:
+    """The ``checksums`` entry of a JSON object (None when absent, as in files of format version 1)."""
+    sums = obj.get(CHECKSUMS)
+    if sums is None:
+        return None
+    if not isinstance(sums, dict) or not all(
+            isinstance(k, str) and _FILE_NAME.fullmatch(k) and isinstance(v, str) and _SHA256_HEX.fullmatch(v)
+            for k, v in sums.items()):
+        raise CheckpointError(f"{recorded_in} is damaged: its {CHECKSUMS!r} entry is not a mapping of file name "
+                              f"-> SHA-256 hex digest; {fix}")
+    return sums
+
+
+def _verify(directory: Path, sums: Mapping[str, str], recorded_in: Path, fix: str,
+            done: set[str] | None = None) -> None:
+    """Check every file listed in ``sums`` against its SHA-256; ``done`` collects (and skips) verified names."""
+    for name, want in sums.items():
+        if done is not None and name in done:
+            continue
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing although {recorded_in.name} records its checksum; the "
+                                  f"checkpoint is incomplete; {fix}")
+        if _sha256(path) != want:
+            raise CheckpointError(f"{path} is damaged: its SHA-256 checksum does not match the one recorded in "
+                                  f"{recorded_in.name}; {fix}")
+        if done is not None:
+            done.add(name)
+
+
+def _is_shape(d: Any) -> bool:
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    return whole(d) or (isinstance(d, list) and len(d) > 0 and all(whole(v) for v in d))
+
+
+def _read_header(directory: Path, fix: str = FIX_MODEL) -> dict[str, Any]:
+    """``config.json``, checked: format, version, and the types of every entry a load relies on."""
     cfg = directory / "config.json"
     if not cfg.is_file():
         raise FileNotFoundError(f"no config.json in {directory}; expected a directory written by save_model "
                                 "(config.json + model.safetensors)")
-    try:
-        header = json.loads(cfg.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg} is not valid JSON ({exc}); the checkpoint is damaged") from exc
+    header = _read_json(cfg, fix)
     if not isinstance(header, dict) or "model" not in header or "config" not in header:
         raise CheckpointError(f"{cfg} lacks the 'model' and 'config' entries; it was not written by save_model")
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{cfg} has format {header.get('format')!r}, not {FORMAT!r}; it was not written by "
+                              "save_model")
+    version = header.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{cfg} is damaged: format_version is {version!r}, expected a whole number from 1 to "
+                              f"{FORMAT_VERSION}; {fix}")
+    if version > FORMAT_VERSION:
+        by = header.get("commonspace_version")
+        by = f" (by commonspace {by})" if isinstance(by, str) else ""
+        raise CheckpointError(f"{cfg} is in checkpoint format {version}{by}, newer than the formats up to "
+                              f"{FORMAT_VERSION} that this commonspace {_version()} reads; upgrade commonspace to "
+                              "load it")
+
+    def damaged(what: str) -> CheckpointError:
+        return CheckpointError(f"{cfg} is damaged: {what}; {fix}")
+
+    if not isinstance(header["model"], str) or not header["model"]:
+        raise damaged(f"'model' must be a registry name (a string), got {header['model']!r}")
+    config = header["config"]
+    if not isinstance(config, dict):
+        raise damaged(f"'config' must be a JSON object, got {type(config).__name__}")
+    dims = config.get("dims")
+    if "dims" in config and not (isinstance(dims, dict) and dims
+                                 and all(isinstance(m, str) and _is_shape(d) for m, d in dims.items())):
+        raise damaged(f"config 'dims' must map each modality to its feature shape (a list of whole numbers), "
+                      f"got {json.dumps(dims)[:60]}")
+    if not isinstance(header.get("meta"), dict | None):
+        raise damaged(f"'meta' must be a JSON object, got {type(header['meta']).__name__}")
+    std = header.get("standardizer")
+    if std is not None and not (isinstance(std, dict) and isinstance(std.get("eps", 1e-8), int | float)
+                                and not isinstance(std.get("eps"), bool)):
+        raise damaged("'standardizer' must be null or an object with a numeric 'eps'")
+    sums = _read_checksums(header, cfg, fix)
+    if version >= 2:  # from version 2 on, every weight file has a checksum: a missing one is damage
+        needed = ["model.safetensors"] + (["standardizer.safetensors"] if std is not None else [])
+        lacking = [n for n in needed if n not in (sums or {})]
+        if lacking:
+            raise damaged(f"it records no checksum for {', '.join(lacking)}")
     return header
+
+
+def _verify_model_files(directory: Path, header: Mapping[str, Any], fix: str, done: set[str] | None = None) -> None:
+    sums = _read_checksums(header, directory / "config.json", fix)
+    if sums is not None:
+        _verify(directory, sums, directory / "config.json", fix, done)
 
 
 def _build(header: Mapping[str, Any], directory: Path) -> MultimodalModel:
@@ -340,35 +494,50 @@ def _resolve_model_dir(directory: Path) -> Path:
     return directory
 
 
+def _load_standardizer(path: Path, eps: float, fix: str) -> Standardizer:
+    state = _load_tensors(path, fix)
+    mods = {k.rsplit(".", 1)[0] for k in state}
+    if set(state) != {f"{m}.{kind}" for m in mods for kind in ("mean", "std")}:
+        raise CheckpointError(f"{path} does not hold '<modality>.mean' / '<modality>.std' pairs (found "
+                              f"{sorted(state)[:6]}); {fix}")
+    return Standardizer(eps=eps).load_state_dict(state)
+
+
 def load_model(directory: str | Path, map_location: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild a model saved with :func:`save_model` (or a trainer ``out_dir``) and load its weights strictly."""
+    """Rebuild a model saved with :func:`save_model` (or a trainer ``out_dir``) and load its weights strictly.
+
+    Every file with a checksum in ``config.json`` is verified before it is read.
+    """
     directory = _resolve_model_dir(Path(directory))
     header = _read_header(directory)
     weights_path = directory / "model.safetensors"
     if not weights_path.is_file():
         raise FileNotFoundError(f"no model.safetensors in {directory}; the checkpoint is incomplete")
+    spath = directory / "standardizer.safetensors"
+    if header.get("standardizer") is not None and not spath.is_file():
+        raise FileNotFoundError(f"config.json in {directory} records a standardizer but "
+                                "standardizer.safetensors is missing")
+    _verify_model_files(directory, header, FIX_MODEL)
     model = _build(header, directory)
-    apply_state(model, load_file(str(weights_path)), source=f"checkpoint {weights_path}")
+    apply_state(model, _load_tensors(weights_path), source=f"checkpoint {weights_path}")
     model.to(map_location)
     standardizer = None
     if header.get("standardizer") is not None:
-        spath = directory / "standardizer.safetensors"
-        if not spath.is_file():
-            raise FileNotFoundError(f"config.json in {directory} records a standardizer but "
-                                    "standardizer.safetensors is missing")
-        standardizer = Standardizer(eps=float(header["standardizer"].get("eps", 1e-8)))
-        standardizer.load_state_dict(load_file(str(spath)))
+        standardizer = _load_standardizer(spath, float(header["standardizer"].get("eps", 1e-8)), FIX_MODEL)
     return LoadedModel(model, standardizer, dict(header.get("meta") or {}))
 
 
 def load_weights(model: MultimodalModel, directory: str | Path) -> MultimodalModel:
-    """Load a saved model's weights into an existing model of the same name and dims."""
+    """Load a saved model's weights (checksums verified) into an existing model of the same name and dims."""
     directory = _resolve_model_dir(Path(directory))
     header = _read_header(directory)
     check_compatible(header["model"], header["config"], model)
-    dev = next(iter(model.parameters()), torch.empty(0)).device
-    apply_state(model, load_file(str(directory / "model.safetensors"), device=str(dev)),
-                source=f"checkpoint {directory}")
+    weights_path = directory / "model.safetensors"
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"no model.safetensors in {directory}; the checkpoint is incomplete")
+    _verify_model_files(directory, header, FIX_MODEL)
+    # read on the CPU; load_state_dict copies into the model's own device
+    apply_state(model, _load_tensors(weights_path), source=f"checkpoint {directory}")
     return model
 
 
@@ -423,49 +592,138 @@ def save_training_checkpoint(directory: str | Path, *, model: MultimodalModel, s
                              best: Mapping[str, Tensor] | None = None,
                              rng: tuple[dict[str, Tensor], dict[str, Any]] | None = None,
                              meta: Mapping[str, Any] | None = None) -> Path:
-    """Write a complete training checkpoint atomically (see module docstring for the files)."""
+    """Write a complete training checkpoint atomically (see module docstring for the files).
+
+    ``trainer.json`` holds ``state`` plus the SHA-256 of every other file of the directory.
+    """
     directory = Path(directory)
+    trainer_state = _json_checked(dict(state), "trainer state")
+    if CHECKSUMS in trainer_state:
+        raise CheckpointError(f"the trainer state may not use the key {CHECKSUMS!r}: trainer.json keeps the "
+                              "checksums there")
     with atomic_dir(directory) as tmp:
-        _write_model_files(tmp, model, None, meta)
+        sums = _write_model_files(tmp, model, None, meta)
+        written = ["config.json"]
         if optimizer is not None:
             tensors: dict[str, Tensor] = {}
             flat = flatten_state(optimizer.state_dict(), tensors, "opt")
             _write_tensors(tmp / "optimizer.safetensors", tensors)
             _write_json(tmp / "optimizer.json", flat)
+            written += ["optimizer.safetensors", "optimizer.json"]
         if best is not None:
             _write_tensors(tmp / "best.safetensors", dict(best))
+            written.append("best.safetensors")
         if rng is not None:
             _write_tensors(tmp / "rng.safetensors", rng[0])
             _write_json(tmp / "rng.json", rng[1])
+            written += ["rng.safetensors", "rng.json"]
+        trainer_state[CHECKSUMS] = {**sums, **_checksums(tmp, written)}
         # written last: its presence in a directory means every other file is there
-        _write_json(tmp / "trainer.json", _json_checked(dict(state), "trainer state"))
+        _write_json(tmp / "trainer.json", trainer_state)
     return directory
 
 
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+#: entries of trainer.json that resuming relies on, with their checks
+_TRAINER_ENTRIES: dict[str, tuple[Any, str]] = {
+    "stage_index": (_whole, "a whole number"),
+    "epoch": (_whole, "a whole number"),
+    "global_step": (_whole, "a whole number"),
+    "history": (lambda v: isinstance(v, list), "a list"),
+}
+
+
+def _check_trainer_state(state: Any, path: Path, fix: str) -> None:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is damaged: expected a JSON object, got {type(state).__name__}; {fix}")
+    for key, (ok, what) in _TRAINER_ENTRIES.items():
+        if key not in state or not ok(state[key]):
+            raise CheckpointError(f"{path} is damaged: {key!r} must be {what}, got {state.get(key)!r}; {fix}")
+    if not isinstance(state.get("run", {}), dict):
+        raise CheckpointError(f"{path} is damaged: 'run' must be a JSON object; {fix}")
+
+
+def _check_rng(tensors: Mapping[str, Tensor], meta: Any, tpath: Path, jpath: Path, fix: str) -> None:
+    """The shapes :func:`commonspace.train.seed.set_rng_state` relies on."""
+    if "torch" not in tensors or tensors["torch"].dim() != 1:
+        raise CheckpointError(f"{tpath} is damaged: it lacks the torch RNG state; {fix}")
+    numpy, python = (meta.get(k, {}) if isinstance(meta, dict) else None for k in ("numpy", "python"))
+    fine = (isinstance(numpy, dict) and isinstance(python, dict)
+            and (not numpy or (isinstance(numpy.get("kind"), str) and _whole(numpy.get("pos"))
+                               and _whole(numpy.get("has_gauss"))
+                               and isinstance(numpy.get("cached_gaussian"), int | float)))
+            and (not python or (_whole(python.get("version"))
+                                and isinstance(python.get("gauss_next"), int | float | None))))
+    if not fine:
+        raise CheckpointError(f"{jpath} is damaged: expected the numpy and python RNG states as JSON objects; "
+                              f"{fix}")
+
+
+def _pair(found: Path, json_name: str, tensors_name: str, fix: str) -> tuple[Path, Path] | None:
+    """A JSON + safetensors pair: None when neither exists, an error when only one does."""
+    j, t = found / json_name, found / tensors_name
+    if not j.is_file() and not t.is_file():
+        return None
+    for p in (j, t):
+        if not p.is_file():
+            raise CheckpointError(f"{p} is missing; the checkpoint is incomplete; {fix}")
+    return j, t
+
+
 def read_training_checkpoint(directory: str | Path) -> TrainingCheckpoint | None:
-    """Read ``directory`` (or its ``.old`` copy); None when no checkpoint exists."""
+    """Read ``directory`` (or its ``.old`` copy); None when no checkpoint exists.
+
+    Every file is verified against the checksums in ``trainer.json`` (and ``config.json``) before it is parsed;
+    a damaged or incomplete checkpoint is a :class:`CheckpointError` naming the file.
+    """
     found = find_checkpoint(directory)
     if found is None:
         return None
-    if not (found / "trainer.json").is_file():
-        raise CheckpointError(f"{found} has no trainer.json, so it is not a training checkpoint; use another "
-                              "out_dir or resume=False")
-    header = _read_header(found)
-    state = json.loads((found / "trainer.json").read_text(encoding="utf-8"))
-    weights = load_file(str(found / "model.safetensors"))
+    fix = FIX_RESUME
+    tpath = found / "trainer.json"
+    if not tpath.is_file():
+        raise CheckpointError(f"{found} has no trainer.json, so it is not a training checkpoint; {fix}")
+    state = _read_json(tpath, fix)
+    _check_trainer_state(state, tpath, fix)
+    sums = _read_checksums(state, tpath, fix)
+    state = {k: v for k, v in state.items() if k != CHECKSUMS}
+    done: set[str] = set()
+    if sums is not None:
+        _verify(found, sums, tpath, fix, done)
+    if not (found / "config.json").is_file():
+        raise CheckpointError(f"{found / 'config.json'} is missing; the checkpoint is incomplete; {fix}")
+    header = _read_header(found, fix)
+    if sums is None and header["format_version"] >= 2:
+        raise CheckpointError(f"{tpath} is damaged: it records no checksums although config.json has format "
+                              f"version {header['format_version']}; {fix}")
+    _verify_model_files(found, header, fix, done)
+    weights = _load_tensors(found / "model.safetensors", fix)
     optimizer = None
-    if (found / "optimizer.json").is_file():
-        flat = json.loads((found / "optimizer.json").read_text(encoding="utf-8"))
-        optimizer = unflatten_state(flat, load_file(str(found / "optimizer.safetensors")))
-    best = load_file(str(found / "best.safetensors")) if (found / "best.safetensors").is_file() else None
+    pair = _pair(found, "optimizer.json", "optimizer.safetensors", fix)
+    if pair is not None:
+        flat, tensors = _read_json(pair[0], fix), _load_tensors(pair[1], fix)
+        try:
+            optimizer = unflatten_state(flat, tensors)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{pair[0]} is damaged (it does not match {pair[1].name}: "
+                                  f"{type(exc).__name__} {_one_line(exc)}); {fix}") from exc
+        if not isinstance(optimizer, dict):
+            raise CheckpointError(f"{pair[0]} is damaged: expected an optimizer state object; {fix}")
+    best_path = found / "best.safetensors"
+    best = _load_tensors(best_path, fix) if best_path.is_file() else None
     rng: tuple[dict[str, Tensor], dict[str, Any]] = ({}, {})
-    if (found / "rng.safetensors").is_file():
-        rng = (load_file(str(found / "rng.safetensors")),
-               json.loads((found / "rng.json").read_text(encoding="utf-8")))
+    pair = _pair(found, "rng.json", "rng.safetensors", fix)
+    if pair is not None:
+        rng = (_load_tensors(pair[1], fix), _read_json(pair[0], fix))
+        _check_rng(rng[0], rng[1], pair[1], pair[0], fix)
     return TrainingCheckpoint(found, header, weights, state, optimizer, best, rng)
 
 
 def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Shapes in a safetensors file without loading the data."""
-    with safe_open(str(path), framework="pt") as f:
+    """Shapes in a safetensors file without loading the data (a damaged file is a CheckpointError)."""
+    path = Path(path)
+    with _safetensors_errors(path, FIX_MODEL), safe_open(str(path), framework="pt") as f:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}

@@ -6,6 +6,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from commonspace.train.checkpoint import (
 )
 from commonspace.train.config import RUNTIME_FIELDS, TrainConfig
 from commonspace.train.distributed import DistInfo, barrier, init_distributed, shard
+from commonspace.train.lock import RunLock
 from commonspace.train.logging import Progress, RunLogger, log, require_tensorboard
 from commonspace.train.optim import make_adam
 from commonspace.train.seed import get_rng_state, seed_everything, set_rng_state, shuffle_generator
@@ -38,6 +40,7 @@ ValMetric = Callable[[MultimodalModel, MultimodalDataset, Tensor], float]
 Callback = Callable[["Trainer", dict[str, Any]], None]
 
 _STATE_VERSION = 1
+_TIMING_KEYS = frozenset({"seconds", "samples_per_s"})
 
 
 def _normalise(obj: Any) -> Any:
@@ -92,7 +95,15 @@ class Trainer:
 
         ``val`` names the validation split; when it is None or absent from ``data`` validation is skipped.
         With ``resume`` and an ``out_dir`` holding a checkpoint of the same run, training continues there.
+        Rank 0, the only writer, holds ``out_dir``'s :class:`RunLock` for the whole fit, so a second run on the
+        same folder fails at once with a DataError naming the holder, before anything is read or written.
         """
+        self.dist = init_distributed(device=self.config.device)
+        out_dir = self.config.out_dir
+        with RunLock(out_dir) if self.dist.main and out_dir is not None else nullcontext():
+            return self._fit(data, train, val, resume)
+
+    def _fit(self, data: MultimodalDataset, train: str, val: str | None, resume: bool) -> list[dict[str, Any]]:
         cfg, model = self.config, self.model
         # ---- everything that can fail on bad input fails here, before any training
         if not isinstance(data, MultimodalDataset):
@@ -203,6 +214,11 @@ class Trainer:
 
     def _train_indices(self, data: MultimodalDataset, train: str) -> Tensor:
         idx = data.split(train)  # DataError naming the available splits
+        empty = ~data.mask.index_select(0, idx).any(1)
+        if bool(empty.any()):  # no modality present: nothing to learn from (counted at load by the CLI)
+            log.warning("left %d rows of split %r out of training: no modality is present in them",
+                        int(empty.sum()), train)
+            idx = idx[~empty]
         if self.model.requires_complete:
             complete = data.mask.index_select(0, idx).all(1)
             if not bool(complete.any()):
@@ -211,6 +227,9 @@ class Trainer:
                     f"the {idx.numel()} samples of split {train!r} is complete; add paired samples to {train!r} "
                     "or use a model that handles missing modalities")
             idx = idx[complete]
+        if idx.numel() < 2:
+            raise DataError(f"split {train!r} has {idx.numel()} usable sample(s); training needs at least 2 "
+                            "(a mean and a spread, a pair to compare); give the split more samples")
         if idx.numel() < self.dist.world_size:
             raise DataError(f"split {train!r} has {idx.numel()} usable samples, fewer than the "
                             f"{self.dist.world_size} data-parallel processes; use fewer processes or more data")
@@ -497,4 +516,6 @@ class Trainer:
 
     def _final_meta(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else None
+        if last is not None:  # timings live in log.jsonl: config.json depends only on seed, data and settings
+            last = {k: v for k, v in last.items() if k not in _TIMING_KEYS}
         return {"train_config": self.config.to_dict(), "epochs_run": len(self.history), "final": last}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -35,6 +34,7 @@ from commonspace.bench.report import BenchResult, ResultTable, Row
 from commonspace.bench.runner import BenchContext, BenchSpec, register_spec
 from commonspace.data import builtin
 from commonspace.data.dataset import DataError, MultimodalDataset, Standardizer
+from commonspace.data.io import atomic_write
 from commonspace.eval.retrieval import retrieval_metrics
 from commonspace.models import create
 from commonspace.models.base import MultimodalModel
@@ -578,14 +578,8 @@ def write_png(rows: list[Timing], path: Path) -> Path:
         a.legend(fontsize=8)
         a.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     finally:
         plt.close(fig)
     return path

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -230,17 +229,10 @@ def cache_dir() -> Path:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    from commonspace.data.io import atomic_write, write_npz
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # readers see the old file or the complete new one, never a partial one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: write_npz(fh, arrays, compress=False))
 
 
 def synthetic_speech_features(n_per_digit: int = SPEECH_PER_DIGIT, seed: int = SYNTH_SEED,
