@@ -223,9 +223,11 @@ def train(
         if _is_rank0():
             last = history[-1] if history else {}
             terms = {**last.get("train", {}), "val_loss": last.get("val_loss")}
-            console.print(f"saved {out_dir / 'model'} after {len(history)} epochs; last epoch: "
-                          + ", ".join(f"{k}={v:.4g}" for k, v in terms.items() if isinstance(v, float))
-                          + (f", {last['samples_per_s']:.0f} samples/s" if "samples_per_s" in last else ""))
+            shown = [f"{k}={v:.4g}" for k, v in terms.items() if isinstance(v, float)]
+            if last.get("samples_per_s"):
+                shown.append(f"{last['samples_per_s']:.0f} samples/s")
+            what = (f"after {len(history)} epochs; last epoch: " if m.trainable else "fitted in closed form; ")
+            console.print(_escape(f"saved {out_dir / 'model'} {what}" + ", ".join(shown)), soft_wrap=True)
 
 
 def _load(model_path: Path, data: str, modalities: str | None, data_root: Path | None):
@@ -312,7 +314,7 @@ def evaluate(
     joint = m.embed_dataset(ds, idx)
     res["joint"] = retrieval_metrics(joint, joint, b.labels, b.labels, ks=(k,), map_at=(k,),
                                      exclude_self=torch.arange(len(b)))
-    t = Table(title=f"{m.name} on {data} [{split}], {len(b)} items",
+    t = Table(title=_escape(f"{m.name} on {data} [{split}], {len(b)} items"),
               caption=f"{empty} rows with no modality present left out" if empty else None)
     keys = [f"p@{k}", f"map@{k}", "map"]
     t.add_column("query -> database")
