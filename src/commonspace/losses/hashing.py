@@ -16,7 +16,8 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from commonspace.data.dataset import DataError
-from commonspace.data.labels import canonical_labels, label_pair, pair_relevance
+from commonspace.data.labels import canonical_labels
+from commonspace.data.labels import relevance as shared_relevance
 
 __all__ = [
     "csq_loss", "csq_targets", "dpsh_loss", "dsh_loss", "hadamard", "hash_centres", "hashnet_loss",
@@ -35,11 +36,7 @@ def _labels(labels: Tensor | None) -> Tensor:
 def relevance(labels: Tensor, other: Tensor | None = None) -> Tensor:
     """Bool (B, B'): ``S_ij = 1`` when samples i and j are relevant by the rule the metrics use
     (:mod:`commonspace.data.labels`): equal class ids, or a shared label (an all-False row shares none)."""
-    if other is None:
-        y = _labels(labels)
-        return pair_relevance(y, y)
-    q, d, _ = label_pair(_labels(labels), other, "labels", "other labels")
-    return pair_relevance(q, d)
+    return shared_relevance(_labels(labels), other, "labels")
 
 
 def sign_codes(u: Tensor) -> Tensor:
