@@ -131,6 +131,11 @@ def _resume(folder: Path) -> list[str]:
     return train_args(folder / "data.npz", folder / "run", "--epochs", "3")
 
 
+def _resume_other(folder: Path) -> list[str]:
+    _trained(folder)
+    return _resume(folder) + ["--lr", "0.5"]
+
+
 def _data_case(**change: object) -> Callable[[Path], list[str]]:
     return lambda folder: train_args(tiny(folder / "data.npz", **change), folder / "run")
 
@@ -329,6 +334,8 @@ CASES: list[Case] = [
          shown="train --out run (resume)"),
     Case("damaged rng.json on resume", _damage("checkpoint/rng.json", lambda b: b[:-10], _resume),
          shown="train --out run (resume)"),
+    Case("resume with other settings", _resume_other,
+         shown="train --out run --lr 0.5 (resume)"),
     # runs and writers
     Case("run folder in use by another process", _held, run=run_locked,
          shown="train --out run (while another train holds it)"),

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -24,7 +25,7 @@ out = Console()
 
 def _fail(msg: str, code: int = 2) -> None:
     # soft_wrap: the message stays one line on a pipe or a narrow terminal (rich would break it at 80 columns)
-    console.print(f"[red]error:[/red] {_escape(msg)}", soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -55,13 +56,7 @@ def _model_dir(path: Path) -> Path:
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
                   line: str | None = None) -> None:
-    console.print(f"[yellow]warning:[/yellow] {_escape(str(message))}", soft_wrap=True)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+    console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
 
 
 def _read_data(data: str, modalities: list[str] | None, root: Path | None, seed: int):
@@ -195,7 +190,6 @@ def train(
     from commonspace.data.dataset import Standardizer
     from commonspace.models.base import create_for_data
     from commonspace.train import TrainConfig, Trainer
-    from commonspace.train.checkpoint import read_training_checkpoint
     from commonspace.train.lock import RunLock
 
     # rank 0 holds the folder from the start, so a busy folder is refused before data is read or notes printed
@@ -210,16 +204,18 @@ def train(
         overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                                        "patience": patience}.items() if v is not None}
         cfg = TrainConfig.for_model(m, seed=seed, out_dir=out_dir, progress=progress, **overrides)
-        if resume and _is_rank0():  # a damaged checkpoint is refused here, before the notes, as one line
-            read_training_checkpoint(out_dir / "checkpoint")
-        if _is_rank0():  # said once the model and settings are accepted, so refused input gets one line only
-            for note in notes:
-                console.print(f"[yellow]note:[/yellow] {_escape(note)}", soft_wrap=True)
+
+        def say_notes() -> None:  # once the data, settings and any checkpoint are accepted: a refusal is one line
+            if _is_rank0():
+                for note in notes:
+                    console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+
         val = "val" if "val" in ds.splits else None
-        history = Trainer(m, cfg, standardizer=std).fit(ds, train="train", val=val, resume=resume)
+        history = Trainer(m, cfg, standardizer=std).fit(ds, train="train", val=val, resume=resume,
+                                                        on_ready=say_notes)
         selection = getattr(m, "selection", None)  # a setting the model chose on the validation split (CCA)
         if selection and _is_rank0():
-            console.print(f"[yellow]note:[/yellow] {_escape(selection['summary'])}", soft_wrap=True)
+            console.print(f"[yellow]note:[/yellow] {escape(selection['summary'])}", soft_wrap=True)
         if _is_rank0():
             last = history[-1] if history else {}
             terms = {**last.get("train", {}), "val_loss": last.get("val_loss")}
@@ -227,7 +223,7 @@ def train(
             if last.get("samples_per_s"):
                 shown.append(f"{last['samples_per_s']:.0f} samples/s")
             what = (f"after {len(history)} epochs; last epoch: " if m.trainable else "fitted in closed form; ")
-            console.print(_escape(f"saved {out_dir / 'model'} {what}" + ", ".join(shown)), soft_wrap=True)
+            console.print(escape(f"saved {out_dir / 'model'} {what}" + ", ".join(shown)), soft_wrap=True)
 
 
 def _load(model_path: Path, data: str, modalities: str | None, data_root: Path | None):
@@ -314,7 +310,7 @@ def evaluate(
     joint = m.embed_dataset(ds, idx)
     res["joint"] = retrieval_metrics(joint, joint, b.labels, b.labels, ks=(k,), map_at=(k,),
                                      exclude_self=torch.arange(len(b)))
-    t = Table(title=_escape(f"{m.name} on {data} [{split}], {len(b)} items"),
+    t = Table(title=escape(f"{m.name} on {data} [{split}], {len(b)} items"),
               caption=f"{empty} rows with no modality present left out" if empty else None)
     keys = [f"p@{k}", f"map@{k}", "map"]
     t.add_column("query -> database")

@@ -90,20 +90,23 @@ class Trainer:
 
     # ================================================================== public
     def fit(self, data: MultimodalDataset, train: str = "train", val: str | None = "val",
-            resume: bool = True) -> list[dict[str, Any]]:
+            resume: bool = True, on_ready: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """Train through every stage; returns the per-epoch history (also ``self.history``).
 
         ``val`` names the validation split; when it is None or absent from ``data`` validation is skipped.
         With ``resume`` and an ``out_dir`` holding a checkpoint of the same run, training continues there.
+        ``on_ready()`` is called once every check of the data, the settings and a checkpoint to resume has
+        passed, right before training starts (the CLI prints its notes there, so a refusal stays one line).
         Rank 0, the only writer, holds ``out_dir``'s :class:`RunLock` for the whole fit, so a second run on the
         same folder fails at once with a DataError naming the holder, before anything is read or written.
         """
         self.dist = init_distributed(device=self.config.device)
         out_dir = self.config.out_dir
         with RunLock(out_dir) if self.dist.main and out_dir is not None else nullcontext():
-            return self._fit(data, train, val, resume)
+            return self._fit(data, train, val, resume, on_ready or (lambda: None))
 
-    def _fit(self, data: MultimodalDataset, train: str, val: str | None, resume: bool) -> list[dict[str, Any]]:
+    def _fit(self, data: MultimodalDataset, train: str, val: str | None, resume: bool,
+             on_ready: Callable[[], None]) -> list[dict[str, Any]]:
         cfg, model = self.config, self.model
         # ---- everything that can fail on bad input fails here, before any training
         if not isinstance(data, MultimodalDataset):
@@ -115,7 +118,6 @@ class Trainer:
             require_tensorboard()
         if tuple(data.modalities) != model.modalities:
             data = data.select(list(model.modalities))
-        self.dist = init_distributed(device=cfg.device)
         train_idx = self._train_indices(data, train)
         val_loss_idx, val_metric_idx = self._val_indices(data, val)
         if self.val_metric is not None and val_metric_idx is None:
@@ -131,6 +133,7 @@ class Trainer:
         self.device = self._resolve_device()
         model.to(self.device)
         if not model.trainable:
+            on_ready()
             return self._fit_closed_form(data, train, val_metric_idx)
 
         stages = self._check_stages(model.stages())
@@ -157,6 +160,7 @@ class Trainer:
                 seed_everything(cfg.seed + self.dist.rank + 1_000_003 * int(state["global_step"]))
         else:
             seed_everything(cfg.seed + self.dist.rank)  # per-rank dropout masks; shuffling is shared
+        on_ready()
         self.history = list(state["history"])
         self.global_step = int(state["global_step"])
 
