@@ -218,13 +218,18 @@ def test_cli_command_killed_mid_write_cleans_up_with_one_line(tmp_path: Path, si
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+
+def _train_run(tmp_path: Path, epochs: int) -> tuple[Path, list[str]]:
+    """A run folder and the `train` arguments of a small ae_split run into it."""
+    data = _own_npz(tmp_path / "d.npz")
+    run = tmp_path / "run"
+    return run, ["train", "--data", str(data), "--model", "ae_split", "--out", str(run), "--epochs", str(epochs),
+                 "--no-progress"]
+
 @posix_only
 def test_sigterm_stops_train_cleanly_and_frees_the_folder(tmp_path: Path) -> None:
     """What torchrun does to its workers: the folder keeps its last checkpoint, no temp entries, no lock."""
-    data = _own_npz(tmp_path / "d.npz")
-    run = tmp_path / "run"
-    args = ["train", "--data", str(data), "--model", "ae_split", "--out", str(run), "--epochs", "100000",
-            "--no-progress"]
+    run, args = _train_run(tmp_path, epochs=100000)
     p = subprocess.Popen([sys.executable, "-m", "commonspace", *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
@@ -272,10 +277,7 @@ def _release(p: subprocess.Popen) -> None:
 
 @posix_only
 def test_second_train_on_a_locked_run_folder_is_refused(tmp_path: Path) -> None:
-    data = _own_npz(tmp_path / "d.npz")
-    run = tmp_path / "run"
-    args = ["train", "--data", str(data), "--model", "ae_split", "--out", str(run), "--epochs", "1",
-            "--no-progress"]
+    run, args = _train_run(tmp_path, epochs=1)
     holder = _hold(run)
     try:
         before = _snapshot(run)
