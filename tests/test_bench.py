@@ -45,12 +45,19 @@ def test_ssl_spec_runs_on_digits(tmp_path: Path) -> None:
     ctx = BenchContext(quick=True, seeds=[0], out_dir=tmp_path, console=Console(file=open(tmp_path / "log.txt", "w")),
                        progress=False, datasets=["digits-halves"], max_iterations=1)
     res = run_spec("ssl", ctx)
-    (table,) = res.tables
-    assert [r.method for r in table.rows] == ["MJLL", "SSL H(Hx||Hy)", "SSL H(Hy||Hx)", "SSL corr (CCA)"]
+    table, detail = res.tables
+    # Table 1: the paper's MJLL by PCD beside the paper's figures, the CD MJLL as a control without them
+    assert [r.method for r in table.rows] == ["MJLL (PCD)", "MJLL (CD)", "SSL H(Hx||Hy)", "SSL H(Hy||Hx)",
+                                              "SSL corr (CCA)"]
+    assert table.rows[0].paper["both"] == "1.57" and table.rows[1].paper == {}
     for r in table.rows:
         assert set(r.values) == {"both", "left", "right"}
         assert all(0.0 <= v[0] <= 1.0 for v in r.values.values())
     assert r.paper["left"] == "13.23"
+    # the headline single-modality column is the joint-code probe on inferred codes; --quick has no own probes
+    assert detail.metrics == [f"{m}: joint probe, {k}" for m in ("left", "right") for k in ("inferred", "dropped")]
+    for t, d in zip(table.rows, detail.rows, strict=True):
+        assert t.values["left"] == d.values["left: joint probe, inferred"]
 
 
 def test_runner_sets_the_specs_threads_records_them_and_restores(tmp_path: Path,

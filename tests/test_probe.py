@@ -109,3 +109,18 @@ def test_single_label_classification_map_matches_one_vs_rest_ap():
     want = np.mean([average_precision_score(y[200:] == c, prob[:, c]) for c in range(3)])
     assert res["map"] == pytest.approx(want, abs=1e-6)
     assert 0.0 < mlp_probe(x[:200], y[:200], x[200:], y[200:], epochs=50)["map"] <= 1.0
+
+
+def test_logistic_probe_many_fits_once_and_scores_each_test_set_like_logistic_probe():
+    from commonspace.eval.probe import logistic_probe_many
+
+    g = np.random.default_rng(0)
+    y = g.integers(0, 3, 120)
+    x = g.normal(size=(120, 5)) + np.eye(3)[y] @ g.normal(size=(3, 5)) * 2
+    noisy = x + g.normal(size=x.shape) * 3
+    many = logistic_probe_many(x[:80], y[:80], {"clean": (x[80:], y[80:]), "noisy": (noisy[80:], y[80:])})
+    assert many["clean"] == logistic_probe(x[:80], y[:80], x[80:], y[80:])
+    assert many["noisy"] == logistic_probe(x[:80], y[:80], noisy[80:], y[80:])
+    assert many["clean"]["accuracy"] > many["noisy"]["accuracy"]
+    with pytest.raises(DataError, match="tests is empty"):
+        logistic_probe_many(x, y, {})

@@ -202,3 +202,85 @@ def test_similarity_dispatch_and_errors() -> None:
         cross_entropy_sim(hx, hy[:, :2])
     with pytest.raises(ValueError, match="at least 2"):
         cca_sim(hx[:1], hy[:1])
+
+
+# ---- gradient direction of the cross-entropy (issue 11 item 3) -------------------------------------------------
+
+
+def _ce_hand_grads(hx: torch.Tensor, hy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d/dhx and d/dhy of (1/B) sum -[hx log hy + (1 - hx) log(1 - hy)], by hand."""
+    b = hx.shape[0]
+    d_hx = -(torch.log(hy) - torch.log1p(-hy)) / b
+    d_hy = (-hx / hy + (1.0 - hx) / (1.0 - hy)) / b
+    return d_hx, d_hy
+
+
+@pytest.mark.parametrize("grad", ["fitted", "both"])
+def test_cross_entropy_gradient_of_each_variant_matches_hand_computation(grad: str) -> None:
+    hx, hy = _correlated(5, 4, 4, seed=3)
+    hx, hy = hx.clone().requires_grad_(True), hy.clone().requires_grad_(True)
+    gx, gy = torch.autograd.grad(cross_entropy_sim(hx, hy, grad=grad), (hx, hy), allow_unused=True)
+    want_x, want_y = _ce_hand_grads(hx.detach(), hy.detach())
+    torch.testing.assert_close(gy, want_y, rtol=1e-10, atol=1e-12)
+    if grad == "fitted":  # the target is a constant: no gradient reaches it
+        assert gx is None or torch.count_nonzero(gx) == 0
+    else:
+        torch.testing.assert_close(gx, want_x, rtol=1e-10, atol=1e-12)
+    # same value either way
+    assert cross_entropy_sim(hx, hy, grad="fitted").item() == cross_entropy_sim(hx, hy, grad="both").item()
+
+
+def test_cross_entropy_gradcheck_of_the_fitted_argument() -> None:
+    hx, hy = _correlated(4, 3, 3, seed=5)
+    for grad in ("fitted", "both"):
+        assert torch.autograd.gradcheck(lambda y, g=grad: cross_entropy_sim(hx, y, grad=g),
+                                        (hy.clone().requires_grad_(True),))
+    assert torch.autograd.gradcheck(lambda x: cross_entropy_sim(x, hy, grad="both"),
+                                    (hx.clone().requires_grad_(True),))
+
+
+def test_similarity_passes_the_direction_and_ce_yx_fits_hx() -> None:
+    hx, hy = _correlated(6, 3, 3, seed=1)
+    hx, hy = hx.clone().requires_grad_(True), hy.clone().requires_grad_(True)
+    gx, gy = torch.autograd.grad(similarity(hx, hy, "ce_yx", grad="fitted"), (hx, hy), allow_unused=True)
+    assert gy is None or torch.count_nonzero(gy) == 0  # H(H^y || H^x): H^y is the target
+    assert torch.count_nonzero(gx) == gx.numel()
+    with pytest.raises(ValueError, match="grad="):
+        cross_entropy_sim(hx, hy, grad="x")
+
+
+# ---- shrunk covariances of the CCA term (issue 11 item 5) ------------------------------------------------------
+
+
+def test_cca_shrinkage_matches_numpy_and_tames_chance_correlation() -> None:
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(60, 5, generator=g, dtype=torch.float64)  # 5 shared factors seen through 40 units each
+    hx, hy = (torch.sigmoid(2 * z @ torch.randn(5, 40, generator=g, dtype=torch.float64)
+                            + torch.randn(60, 40, generator=g, dtype=torch.float64)) for _ in range(2))
+    s = 0.3
+
+    def corr_sum(a: torch.Tensor, b: torch.Tensor, shrink: float) -> float:
+        x, y = a.numpy() - a.numpy().mean(0), b.numpy() - b.numpy().mean(0)
+        n = x.shape[0] - 1
+        sxx, syy, sxy = x.T @ x / n, y.T @ y / n, x.T @ y / n
+        sxx = (1 - shrink) * sxx + shrink * np.diag(np.diag(sxx)) + 1e-4 * np.eye(40)
+        syy = (1 - shrink) * syy + shrink * np.diag(np.diag(syy)) + 1e-4 * np.eye(40)
+
+        def inv_sqrt(m: np.ndarray) -> np.ndarray:
+            w, v = np.linalg.eigh(m)
+            return v @ np.diag(w**-0.5) @ v.T
+
+        return float(np.linalg.svd(inv_sqrt(sxx) @ sxy @ inv_sqrt(syy), compute_uv=False).sum())
+
+    assert -cca_sim(hx, hy, shrink=s).item() == pytest.approx(corr_sum(hx, hy, s), rel=1e-8)
+    assert canonical_correlations(hx, hy, shrink=s).sum().item() == pytest.approx(corr_sum(hx, hy, s), rel=1e-8)
+    # 40 units on 60 samples: unshrunk, independent views (rows shuffled) look almost as correlated as the real
+    # pairs; shrinkage restores a clear gap between them
+    perm = torch.randperm(60, generator=torch.Generator().manual_seed(0))
+    raw_gap = corr_sum(hx, hy, 0.0) / corr_sum(hx, hy[perm], 0.0)
+    shrunk_gap = corr_sum(hx, hy, s) / corr_sum(hx, hy[perm], s)
+    assert raw_gap < 1.05 and shrunk_gap > raw_gap + 0.1
+    part = hx[:, :3].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a: cca_sim(a, hy[:, :4], shrink=s), (part,))
+    with pytest.raises(ValueError, match="shrink"):
+        cca_sim(hx, hy, shrink=1.5)

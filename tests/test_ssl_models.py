@@ -132,19 +132,22 @@ def test_lambda_zero_is_mjll_bit_for_bit(name, schedule):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("ce_grad", ["fitted", "both"])
 @pytest.mark.parametrize("name", ["mrbm", "mdbn", "mdae"])
-def test_sim_term_reaches_shared_weights_only_scaled_by_lambda(name):
-    m = build(name, sim="ce_xy", lam=0.25)
+def test_sim_term_reaches_shared_weights_only_scaled_by_lambda(name, ce_grad):
+    m = build(name, sim="ce_xy", lam=0.25, ce_grad=ce_grad)
     m.set_stage("joint" if name == "mdbn" else None)
     b = batch_of(paired())
     out = m.loss(b)
     hx, hy = m._shared_pair(b)
-    raw = similarity(hx, hy, "ce_xy")
+    raw = similarity(hx, hy, "ce_xy", grad=ce_grad)
     torch.testing.assert_close(out["sim"], raw)  # the reported value is the raw similarity
     m.zero_grad(set_to_none=True)
     out["sim"].backward()
-    shared = {"mrbm": ("rbm.weight_x", "rbm.weight_y"), "mdbn": ("top.weight_x", "top.weight_y"),
+    wx, wy = {"mrbm": ("rbm.weight_x", "rbm.weight_y"), "mdbn": ("top.weight_x", "top.weight_y"),
               "mdae": ("shared_x.weight", "shared_y.weight")}[name]
+    # H(H^x || H^y) with the target H^x detached moves W^y alone: y fits x's expectation
+    shared = (wx, wy) if ce_grad == "both" else (wy,)
     grads = {n: p.grad for n, p in m.named_parameters()}
     assert {n for n, g in grads.items() if g is not None} == set(shared)
     ref = torch.autograd.grad(raw, [dict(m.named_parameters())[n] for n in shared])
@@ -209,12 +212,18 @@ def test_missing_modality_changes_only_its_own_contribution(name):
     mask[:2, 0] = False  # rows 0, 1 lose a; rows 2, 3 lose b; garbage stays in the features
     mask[2:4, 1] = False
     feats = {"a": b.features["a"] + 50.0 * (~mask[:, :1]), "b": b.features["b"] - 50.0 * (~mask[:, 1:])}
-    part = m.embed(Batch(feats, mask, b.modalities))
+    garbage, clean = Batch(feats, mask, b.modalities), Batch(b.features, mask, b.modalities)
+    # RBM models infer a missing modality; with 0 rounds they use the present one alone, like the MDAE
+    drop = (lambda x: m.embed_with(x, 0)) if name != "mdae" else m.embed
+    part = drop(garbage)
     with torch.no_grad():
         torch.testing.assert_close(part[:2], enc["b"][:2])
         torch.testing.assert_close(part[2:4], enc["a"][2:4])
         torch.testing.assert_close(part[4:], full[4:])
-        torch.testing.assert_close(m.embed(b.only(["a"])), enc["a"])
+        torch.testing.assert_close(drop(b.only(["a"])), enc["a"])
+        # the default embedding (inference for RBM models) never reads an absent modality's features either
+        torch.testing.assert_close(m.embed(garbage), m.embed(clean))
+        torch.testing.assert_close(m.embed(garbage)[4:], full[4:])
         n_out = part.shape[1]
     assert enc["a"].shape == enc["b"].shape == full.shape == (6, n_out)
     assert n_out == {"mrbm": 16, "mdbn": 14, "mdae": 8}[name]
@@ -319,3 +328,27 @@ def test_persistent_training_resumes_with_its_chains(tmp_path):
     a, b = weights(whole), weights(resumed)
     assert int(b["rbm.chains_ready"]) == 1
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pcd_trains_without_momentum_and_does_not_kill_the_hidden_units():
+    """With momentum 0.9 PCD's chains lag the model and every hidden unit dies (issue 11 item 4; the MNIST
+    bench's settings: 256 hidden units, batch 256, lr 0.05; by the second epoch)."""
+    from commonspace.data import builtin
+    from commonspace.eval.probe import logistic_probe
+
+    data = builtin.load("mnist5k-halves")
+    tr, te = data.split("train"), data.split("test")
+    errors, dead = {}, {}
+    for momentum in (None, 0.9):
+        m = create("mrbm", data.dims, init_seed=0, hidden=256, persistent=True)
+        extra = {} if momentum is None else {"momentum": momentum}
+        cfg = TrainConfig.for_model(m, seed=0, progress=False, epochs=3, batch_size=256, **extra)
+        assert cfg.momentum == (0.0 if momentum is None else momentum)
+        Trainer(m, cfg).fit(data, train="train", val=None, resume=False)
+        with torch.no_grad():
+            h = m.eval().embed(data.batch(tr))
+            dead[momentum] = float((h.max(0).values < 0.01).float().mean())
+            errors[momentum] = logistic_probe(h.numpy(), data.labels[tr].numpy(), m.embed(data.batch(te)).numpy(),
+                                              data.labels[te].numpy())["error"]
+    assert dead[None] < 0.05 < 0.9 < dead[0.9], dead
+    assert errors[None] < 0.15 < 0.5 < errors[0.9], errors

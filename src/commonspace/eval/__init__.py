@@ -1,6 +1,6 @@
 """Evaluation: retrieval metrics (P@K, mAP@K, MAP) and classification probes."""
 
-from commonspace.eval.probe import classification_map, logistic_probe, mlp_probe
+from commonspace.eval.probe import classification_map, logistic_probe, logistic_probe_many, mlp_probe
 from commonspace.eval.retrieval import METRICS, cross_modal_retrieval, retrieval_metrics, similarity
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "classification_map",
     "cross_modal_retrieval",
     "logistic_probe",
+    "logistic_probe_many",
     "mlp_probe",
     "retrieval_metrics",
     "similarity",

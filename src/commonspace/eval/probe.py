@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,12 +16,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from commonspace.data.dataset import DataError
 from commonspace.train.optim import make_adam
 
-__all__ = ["mlp_probe", "logistic_probe", "classification_map"]
+__all__ = ["classification_map", "logistic_probe", "logistic_probe_many", "mlp_probe"]
 
 
 def _np(x: object, what: str) -> np.ndarray:
@@ -222,9 +223,38 @@ def logistic_probe(
     ``val``: the C with the best validation accuracy (classification MAP for multi-label) is used.
     Returns ``accuracy``, ``error`` and ``C``; multi-label adds ``map`` and ``exact_match``.
     """
-    xtr, ytr, xte, yte, xva, yva, multi = _check_inputs(train_x, train_y, test_x, test_y, val)
-    if standardize:
-        xtr, xte, xva = _standardize(xtr, xte, xva)
+    return logistic_probe_many(train_x, train_y, {"test": (test_x, test_y)}, C, max_iter, val, seed=seed,
+                               standardize=standardize)["test"]
+
+
+def logistic_probe_many(
+    train_x: object,
+    train_y: object,
+    tests: Mapping[str, tuple[object, object]],
+    C: float | Sequence[float] = 1.0,
+    max_iter: int = 5000,
+    val: tuple[object, object] | None = None,
+    *,
+    seed: int = 0,
+    standardize: bool = True,
+) -> dict[str, dict]:
+    """One :func:`logistic_probe` fitted once on train and scored on every named test set.
+
+    For missing-modality studies: fit on the joint code of complete samples, test on codes computed from
+    each input condition. Standardisation statistics come from train alone. Returns ``{name: scores}``.
+    """
+    if not tests:
+        raise DataError("tests is empty: give at least one (name, (test_x, test_y)) test set")
+    checked = {}
+    for name, (tx, ty) in tests.items():
+        xtr, ytr, xte, yte, xva, yva, multi = _check_inputs(train_x, train_y, tx, ty, val)
+        checked[name] = (xte, yte)
+    scaler = StandardScaler().fit(xtr) if standardize else None
+
+    def prep(x: np.ndarray | None) -> np.ndarray | None:
+        return x if scaler is None or x is None else scaler.transform(x)
+
+    xtr, xva = prep(xtr), prep(xva)
     cs = [float(C)] if np.isscalar(C) else [float(c) for c in C]
     if not cs or any(c <= 0 for c in cs):
         raise DataError(f"C must be positive, got {C}")
@@ -234,7 +264,9 @@ def logistic_probe(
     def fit(c: float):
         base = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
         model = OneVsRestClassifier(base) if multi else base
-        with warnings.catch_warnings():
+        # one BLAS thread: lbfgs evaluates a small (N, d) x (d, C) product hundreds of times, where thread
+        # start-up costs more than it saves, and 10x more on a loaded machine (0.8 s -> 0.07 s, 1078 x 128)
+        with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
             # a label constant in train makes OneVsRest warn; it still predicts that constant
             warnings.simplefilter("ignore", UserWarning)
             return model.fit(xtr, ytr)
@@ -257,6 +289,7 @@ def logistic_probe(
                 best_v, best_c, model = v, c, m
     else:
         model = fit(best_c)
-    res = evaluate(model, xte, yte)
-    res["C"] = best_c
-    return res
+    out = {}
+    for name, (xte, yte) in checked.items():
+        out[name] = evaluate(model, prep(xte), yte) | {"C": best_c}
+    return out

@@ -28,16 +28,19 @@ import torch
 from torch import Tensor, nn
 
 from commonspace.data.dataset import Batch, DataError, MultimodalDataset
+from commonspace.losses.similarity import CE_GRADS
 from commonspace.models.base import MultimodalModel, Stage, register
 from commonspace.models.bidnn import masked_pair_mse, two_modalities
 from commonspace.nn.mlp import MLP, check_prob, flat_dim, glorot_, masked_flat
-from commonspace.nn.rbm import RBM, VISIBLE_TYPES, MultimodalRBM
+from commonspace.nn.rbm import RBM, RBM_VISIBLE_TYPES, VISIBLE_TYPES, MultimodalRBM
 
 __all__ = ["MDAE", "MDBN", "MRBM", "SCHEDULES", "SIM_KINDS", "SSLModel"]
 
 #: ``sim`` values: MJLL ("none") and the paper's three similarity functions
 SIM_KINDS = ("none", "ce_xy", "ce_yx", "cca")
 SCHEDULES = ("alternate", "joint")
+#: default shrinkage of the CCA term's batch covariances towards their diagonals (docs/methods.md)
+CCA_SHRINK = 0.3
 
 # Plain momentum SGD, batch 100: the usual RBM recipe (Hinton's practical guide); lr per model below.
 _RBM_SGD: dict[str, Any] = {"optimizer": "sgd", "momentum": 0.9, "nesterov": False, "batch_size": 100}
@@ -75,6 +78,12 @@ def _epochs(name: str, value: int | None) -> int | None:
     return int(value)
 
 
+def _steps(value: int) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 0:
+        raise DataError(f"infer_steps must be a non-negative integer (0 = no inference), got {value!r}")
+    return int(value)
+
+
 def _same_batch(a: Batch, b: Batch) -> bool:
     """The trainer passes the same Batch object to every substep; DDP may rebuild it, so compare indices too."""
     if a is b:
@@ -94,7 +103,8 @@ class SSLModel(MultimodalModel):
     requires_complete = True
     main_term: ClassVar[str] = "cd"
 
-    def _init_ssl(self, sim: str, lam: float, schedule: str) -> None:
+    def _init_ssl(self, sim: str, lam: float, schedule: str, ce_grad: str = "fitted",
+                  cca_shrink: float = 0.0) -> None:
         two_modalities(self.dims, type(self).__name__)
         if sim not in SIM_KINDS:
             raise DataError(f"sim={sim!r}; choose one of {list(SIM_KINDS)}")
@@ -102,9 +112,15 @@ class SSLModel(MultimodalModel):
             raise DataError(f"schedule={schedule!r}; choose one of {list(SCHEDULES)}")
         if not float(lam) >= 0.0:
             raise DataError(f"lam must be >= 0, got {lam}")
-        self.save_config(sim=sim, lam=float(lam), schedule=schedule)
+        if ce_grad not in CE_GRADS:
+            raise DataError(f"ce_grad={ce_grad!r}; choose one of {list(CE_GRADS)} (fitted: the target modality's "
+                            "activations are detached)")
+        if not 0.0 <= float(cca_shrink) <= 1.0:
+            raise DataError(f"cca_shrink must lie in [0, 1], got {cca_shrink}")
+        self.save_config(sim=sim, lam=float(lam), schedule=schedule, ce_grad=ce_grad, cca_shrink=float(cca_shrink))
         self.mx, self.my = self.modalities
         self.sim, self.lam, self.schedule = sim, float(lam), schedule
+        self.ce_grad, self.cca_shrink = ce_grad, float(cca_shrink)
         # (batch, detached main term) of the substep in flight; see _cached_main
         self._pending: tuple[Batch, Tensor] | None = None
 
@@ -174,7 +190,9 @@ class SSLModel(MultimodalModel):
 
         if hx.shape[0] < 2:  # CCA needs two samples; keep a graph so a substep can still call backward
             return hx.sum() * 0.0 + hy.sum() * 0.0
-        return similarity(hx, hy, self.sim)
+        if self.sim == "cca":
+            return similarity(hx, hy, "cca", shrink=self.cca_shrink)
+        return similarity(hx, hy, self.sim, grad=self.ce_grad)
 
     def _complete_rows(self, batch: Batch, hx: Tensor, hy: Tensor) -> tuple[Tensor, Tensor]:
         both = batch.present(self.mx) & batch.present(self.my)
@@ -204,20 +222,27 @@ class MRBM(SSLModel):
     Hyper-parameters: ``hidden`` (512; the paper gives no size, 512 trains fast on CPU), ``visible``
     (("bernoulli", "bernoulli"); "gaussian" for standardised real data), ``sim`` ("none"), ``lam`` (0.1),
     ``schedule`` ("alternate"), ``cd_k`` (1), ``persistent`` (False: CD-k; True: PCD with ``n_chains`` (100)
-    persistent chains kept in the state dict).
+    persistent chains kept in the state dict, trained without momentum), ``infer_steps`` (10: mean-field rounds
+    inferring a missing modality in :meth:`embed`), ``ce_grad`` ("fitted": the cross-entropy's target is
+    detached), ``cca_shrink`` (0.3: covariance shrinkage of the CCA term).
     """
 
     train_defaults = {**_RBM_SGD, "lr": 0.05}
 
     def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]], hidden: int = 512,
                  visible: str | Sequence[str] = ("bernoulli", "bernoulli"), sim: str = "none", lam: float = 0.1,
-                 schedule: str = "alternate", cd_k: int = 1, persistent: bool = False, n_chains: int = 100) -> None:
+                 schedule: str = "alternate", cd_k: int = 1, persistent: bool = False, n_chains: int = 100,
+                 infer_steps: int = 10, ce_grad: str = "fitted", cca_shrink: float = CCA_SHRINK) -> None:
         super().__init__(dims)
-        self._init_ssl(sim, lam, schedule)
+        self._init_ssl(sim, lam, schedule, ce_grad, cca_shrink)
         vis = _pair(visible, "visible")
         self.save_config(hidden=_positive("hidden", hidden), visible=list(vis), cd_k=_positive("cd_k", cd_k),
-                         persistent=bool(persistent), n_chains=_positive("n_chains", n_chains))
+                         persistent=bool(persistent), n_chains=_positive("n_chains", n_chains),
+                         infer_steps=_steps(infer_steps))
+        self.infer_steps = int(infer_steps)
         self.cd_k, self.persistent, self.visible = int(cd_k), bool(persistent), vis
+        if self.persistent:  # PCD diverges with momentum 0.9 (chains lag the model; docs/methods.md)
+            self.train_defaults = {**type(self).train_defaults, "momentum": 0.0}
         self.rbm = MultimodalRBM(flat_dim(self.dims[self.mx]), flat_dim(self.dims[self.my]), int(hidden), vis,
                                  n_chains=int(n_chains) if persistent else 0)
 
@@ -247,21 +272,91 @@ class MRBM(SSLModel):
         return {self.mx: self.rbm.hidden_from(x=x), self.my: self.rbm.hidden_from(y=y)}
 
     def embed(self, batch: Batch) -> Tensor:
-        """``p(h | present modalities)``: from both, or from the one present (the absent adds nothing)."""
+        """The joint code: ``p(h | x, y)``; with one modality, mean-field inference of the other
+        (``infer_steps`` rounds, :meth:`MultimodalRBM.infer`; 0 = the present modality alone)."""
+        return self.embed_with(batch, self.infer_steps)
+
+    def embed_with(self, batch: Batch, infer_steps: int) -> Tensor:
+        """:meth:`embed` with an explicit number of inference rounds for a missing modality."""
         x, y, px, py = self._inputs(batch)
-        return self.rbm.hidden_prob(x, y, px, py)
+        return self.rbm.infer(x, y, px, py, infer_steps)[0]
+
+    def reconstruct(self, batch: Batch) -> dict[str, Tensor]:
+        """``E[x | h]``, ``E[y | h]`` from the inferred joint code: crossmodal generation for a missing one."""
+        x, y, px, py = self._inputs(batch)
+        h = self.rbm.infer(x, y, px, py, self.infer_steps)[0]
+        rx, ry = self.rbm.visible_mean(h)
+        return {self.mx: rx.reshape(len(batch), *self.dims[self.mx]),
+                self.my: ry.reshape(len(batch), *self.dims[self.my])}
 
 
 # ======================================================================== MDBN
+def _stack_pair(value: str | Sequence[str]) -> tuple[str, str]:
+    """MDBN ``visible``: one first-layer type per modality, the replicated softmax included."""
+    if isinstance(value, str):
+        value = (value, value)
+    value = tuple(str(v) for v in value)
+    if len(value) != 2 or any(v not in RBM_VISIBLE_TYPES for v in value):
+        raise DataError(f"visible={list(value)}; give one of {list(RBM_VISIBLE_TYPES)} per modality (x, y)")
+    return value[0], value[1]
+
+
+def _doc_length(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not float(value) > 0:
+        raise DataError(f"doc_length must be a positive number (the pseudo document length) or None, got {value!r}")
+    return float(value)
+
+
+def _lr(value: Any, name: str) -> float | None:
+    """None (the trainer's learning rate) or a positive number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value) > 0:
+        raise DataError(f"{name} must be a positive learning rate or None (the trainer's), got {value!r}")
+    return float(value)
+
+
+def _pretrain_lrs(value: Any, n_layers: tuple[int, int]) -> list[list[float | None]]:
+    """``pretrain_lr`` as one learning rate (or None) per layer of each stack.
+
+    Accepts None or one number (every layer), or a pair (x, y) whose entries are None, one number (every layer
+    of that stack) or one value per layer.
+    """
+    if value is None or isinstance(value, int | float):
+        return [[_lr(value, "pretrain_lr")] * n for n in n_layers]
+    if isinstance(value, str) or len(value) != 2:
+        raise DataError(f"pretrain_lr must be None, a number or a pair (x, y), got {value!r}")
+    out = []
+    for part, n, which in zip(value, n_layers, ("x", "y"), strict=True):
+        if part is None or isinstance(part, int | float):
+            out.append([_lr(part, f"pretrain_lr[{which}]")] * n)
+            continue
+        if isinstance(part, str) or len(part) != n:
+            raise DataError(f"pretrain_lr[{which}]={part!r}: give None, one number or {n} (one per layer)")
+        out.append([_lr(v, f"pretrain_lr[{which}]") for v in part])
+    return out
+
+
 @register("mdbn")
 class MDBN(SSLModel):
     """Multimodal DBN (Srivastava & Salakhutdinov; SSL paper Table 2): RBM stacks per modality, a top MRBM.
 
     Hyper-parameters: ``layers_x`` / ``layers_y`` ((1024, 1024), the paper's sizes) hidden sizes of the
     modality stacks; ``shared`` (2048) units of the top MRBM; ``visible`` (("gaussian", "gaussian")): the first
-    RBM's visible type per modality (Gaussian for standardised real features; higher layers are Bernoulli);
-    ``sim``, ``lam``, ``schedule``, ``cd_k``, ``persistent``, ``n_chains`` as for :class:`MRBM` (CD/PCD settings
-    apply to every RBM); ``pretrain_epochs`` / ``joint_epochs`` (None: the trainer's epochs) per stage.
+    RBM's visible type per modality (Gaussian for standardised real features, "bernoulli" for data in [0, 1],
+    "softmax" for the replicated softmax on bag-of-words counts, Srivastava & Salakhutdinov's text pathway;
+    higher layers are Bernoulli); ``doc_length`` (None): for a "softmax" modality, None = the features are word
+    counts, a number ``D`` = each row is rescaled to sum ``D`` (for proportions such as topic mixtures: the
+    pseudo document length, which sets how strongly the counts drive the RSM's hidden units); ``sim``,
+    ``lam``, ``schedule``, ``cd_k``, ``persistent``, ``n_chains`` as for :class:`MRBM` (CD/PCD settings apply to
+    every RBM); ``pretrain_epochs`` / ``joint_epochs`` (None: the trainer's epochs) per stage; ``pretrain_lr``
+    (None: the trainer's learning rate; one number for every layer, or a pair (x, y) of None / one number / one
+    per layer) and ``joint_lr`` (None: the trainer's) the stages' learning rates (Srivastava & Salakhutdinov
+    tune them per layer). The replicated softmax's CD gradient grows with the document length (its statistics
+    are counts), so its layer wants a learning rate about ``1 / D`` times the others', e.g.
+    ``pretrain_lr=(None, [0.01 / D, None])``.
 
     Stages: ``pretrain_<m>_<i>`` greedy layer-wise pre-training of RBM ``i`` of modality ``m`` on the mean-field
     activations of the layers below (x stack, then y stack), then ``joint``: the top MRBM with SSL.
@@ -273,17 +368,26 @@ class MDBN(SSLModel):
                  layers_x: Sequence[int] = (1024, 1024), layers_y: Sequence[int] = (1024, 1024),
                  shared: int = 2048, visible: str | Sequence[str] = ("gaussian", "gaussian"), sim: str = "none",
                  lam: float = 0.1, schedule: str = "alternate", cd_k: int = 1, persistent: bool = False,
-                 n_chains: int = 100, pretrain_epochs: int | None = None, joint_epochs: int | None = None) -> None:
+                 n_chains: int = 100, pretrain_epochs: int | None = None, joint_epochs: int | None = None,
+                 infer_steps: int = 10, ce_grad: str = "fitted", cca_shrink: float = CCA_SHRINK,
+                 doc_length: float | None = None, pretrain_lr: Any = None, joint_lr: float | None = None) -> None:
         super().__init__(dims)
-        self._init_ssl(sim, lam, schedule)
-        vis = _pair(visible, "visible")
+        self._init_ssl(sim, lam, schedule, ce_grad, cca_shrink)
+        vis = _stack_pair(visible)
         lx, ly = _layers(layers_x, "layers_x"), _layers(layers_y, "layers_y")
+        for m, kind, sizes in ((self.mx, vis[0], lx), (self.my, vis[1], ly)):
+            if kind == "softmax" and not sizes:
+                raise DataError(f"modality {m!r} has visible='softmax' but no layers of its own; the top MRBM "
+                                "takes Bernoulli or Gaussian groups only, so give it at least one layer")
+        self.save_config(doc_length=_doc_length(doc_length), pretrain_lr=_pretrain_lrs(pretrain_lr, (len(lx), len(ly))),
+                         joint_lr=_lr(joint_lr, "joint_lr"))
         self.save_config(layers_x=lx, layers_y=ly, shared=_positive("shared", shared), visible=list(vis),
                          cd_k=_positive("cd_k", cd_k), persistent=bool(persistent),
                          n_chains=_positive("n_chains", n_chains),
                          pretrain_epochs=_epochs("pretrain_epochs", pretrain_epochs),
-                         joint_epochs=_epochs("joint_epochs", joint_epochs))
+                         joint_epochs=_epochs("joint_epochs", joint_epochs), infer_steps=_steps(infer_steps))
         self.cd_k, self.persistent, self.visible = int(cd_k), bool(persistent), vis
+        self.infer_steps = int(infer_steps)
         chains = int(n_chains) if persistent else 0
         stacks = []
         for m, sizes, kind in ((self.mx, lx, vis[0]), (self.my, ly, vis[1])):
@@ -303,12 +407,36 @@ class MDBN(SSLModel):
     def _bernoulli_inputs(self) -> list[str]:
         return [m for m, v in zip(self.modalities, self.visible, strict=True) if v == "bernoulli"]
 
+    def check_data(self, data: MultimodalDataset) -> None:
+        """Also: replicated-softmax (count) inputs need non-negative features."""
+        super().check_data(data)
+        for m, kind in zip(self.modalities, self.visible, strict=True):
+            lo = float(data.features[m].min())
+            if kind == "softmax" and lo < 0.0:
+                raise DataError(f"modality {m!r} has values down to {lo:.3g} but its visible units are a "
+                                "replicated softmax, which needs non-negative counts; do not standardise it (give "
+                                "word counts, or proportions with doc_length=...) or use visible='gaussian'")
+
+    def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """As :meth:`SSLModel._inputs`, with the rows of a "softmax" modality rescaled to ``doc_length``."""
+        x, y, px, py = super()._inputs(batch)
+        return self._as_counts(x, 0), self._as_counts(y, 1), px, py
+
+    def _as_counts(self, v: Tensor, which: int) -> Tensor:
+        length = self.config["doc_length"]
+        if self.visible[which] != "softmax" or length is None:
+            return v
+        total = v.sum(1, keepdim=True)
+        # empty rows (absent modality, empty document) stay zero instead of dividing by zero
+        return torch.where(total > 0, v * (float(length) / total.clamp_min(torch.finfo(v.dtype).tiny)), v)
+
     # ---------------------------------------------------------------- stages
     def stages(self) -> list[Stage]:
-        pre = self.config["pretrain_epochs"]
-        out = [Stage(name, list((self.stack_x, self.stack_y)[j][i].parameters()), epochs=pre)
+        pre, lrs = self.config["pretrain_epochs"], self.config["pretrain_lr"]
+        out = [Stage(name, list((self.stack_x, self.stack_y)[j][i].parameters()), epochs=pre, lr=lrs[j][i])
                for name, (j, i) in self._layer_of.items()]
-        out.append(Stage("joint", list(self.top.parameters()), epochs=self.config["joint_epochs"]))
+        out.append(Stage("joint", list(self.top.parameters()), epochs=self.config["joint_epochs"],
+                         lr=self.config["joint_lr"]))
         return out
 
     def set_stage(self, name: str | None) -> None:
@@ -366,9 +494,14 @@ class MDBN(SSLModel):
         return {self.mx: self.top.hidden_from(x=tx), self.my: self.top.hidden_from(y=ty)}
 
     def embed(self, batch: Batch) -> Tensor:
-        """The shared layer from the present modalities (an absent one adds nothing)."""
+        """The top MRBM's joint code; with one modality, mean-field inference of the other's top-layer input
+        (``infer_steps`` rounds in the top MRBM; 0 = the present modality alone)."""
+        return self.embed_with(batch, self.infer_steps)
+
+    def embed_with(self, batch: Batch, infer_steps: int) -> Tensor:
+        """:meth:`embed` with an explicit number of inference rounds for a missing modality."""
         tx, ty, px, py = self._top_inputs(batch)
-        return self.top.hidden_prob(tx, ty, px, py)
+        return self.top.infer(tx, ty, px, py, infer_steps)[0]
 
 
 # ======================================================================== MDAE
@@ -391,9 +524,10 @@ class MDAE(SSLModel):
 
     def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]], layers_x: Sequence[int] = (512,),
                  layers_y: Sequence[int] = (512,), shared: int = 256, p_zero: float = 2.0 / 3.0,
-                 sim: str = "none", lam: float = 0.1, schedule: str = "alternate") -> None:
+                 sim: str = "none", lam: float = 0.1, schedule: str = "alternate", ce_grad: str = "fitted",
+                 cca_shrink: float = CCA_SHRINK) -> None:
         super().__init__(dims)
-        self._init_ssl(sim, lam, schedule)
+        self._init_ssl(sim, lam, schedule, ce_grad, cca_shrink)
         lx, ly = _layers(layers_x, "layers_x"), _layers(layers_y, "layers_y")
         self.save_config(layers_x=lx, layers_y=ly, shared=_positive("shared", shared),
                          p_zero=check_prob("p_zero", p_zero))

@@ -1,14 +1,26 @@
 """Restricted Boltzmann machines trained by (persistent) contrastive divergence written as a loss.
 
-Two visible types, one hidden type (binary):
+Three visible types, one hidden type (binary):
 
 * ``"bernoulli"`` visible units ``v in {0, 1}`` (data in [0, 1] read as probabilities):
   ``E(v, h) = -a.v - b.h - h.W v``,  ``F(v) = -a.v - sum_j softplus(b_j + W_j v)``;
 * ``"gaussian"`` visible units with fixed standard deviation ``sigma`` (1 for standardised data):
   ``E(v, h) = |v - a|^2 / (2 sigma^2) - b.h - h.W (v / sigma)``,
-  ``F(v) = |v - a|^2 / (2 sigma^2) - sum_j softplus(b_j + W_j v / sigma)``.
+  ``F(v) = |v - a|^2 / (2 sigma^2) - sum_j softplus(b_j + W_j v / sigma)``;
+* ``"softmax"``: the replicated softmax (Salakhutdinov & Hinton 2009, "Replicated softmax: an undirected topic
+  model"; :class:`RBM` only) for bag-of-words counts ``v >= 0`` with document length ``D = sum_k v_k``: one
+  softmax unit over the ``K`` words replicated ``D`` times with tied weights, and the hidden biases scaled by
+  ``D`` so that documents of any length share one model: ``E(v, h) = -a.v - D b.h - h.W v``,
+  ``F(v) = -a.v - sum_j softplus(D b_j + W_j v)``, ``p(h_j = 1 | v) = sigmoid(D b_j + W_j v)`` and
+  ``v | h ~ Multinomial(D, softmax(a + W^T h))``, so ``E[v | h] = D softmax(a + W^T h)``. ``D`` is read off
+  ``v`` wherever the hidden input is computed; counts may be real (e.g. topic proportions times a pseudo
+  length). A Gibbs step draws ``round(D)`` words and rescales the counts to length ``D`` exactly (integer
+  ``D``: exact multinomial sampling), so a negative sample keeps its chain's length and the ``D b`` term of the
+  CD gradient compares like with like; a row with ``round(D) = 0`` (``D < 0.5``) takes the mean
+  ``D softmax(.)`` instead.
 
-``F(v) = -log sum_h exp(-E(v, h))``, so ``p(v) = exp(-F(v)) / Z``. The gradient of ``-log p(v)`` is
+``F(v) = -log sum_h exp(-E(v, h))``, so ``p(v) = exp(-F(v)) / Z`` (for the replicated softmax one ``Z_D`` per
+document length: the model is conditional on ``D``). The gradient of ``-log p(v)`` is
 ``dF(v)/dtheta - E_model[dF/dtheta]``; contrastive divergence replaces the model expectation by the free
 energy of a negative sample drawn by ``k`` Gibbs steps started at the data (CD-k) or at persistent chains
 (PCD, Tieleman 2008, the SSL paper's ref. [15]). Hence the loss ``mean F(v_data) - mean F(v_neg)`` with the
@@ -27,44 +39,77 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["MultimodalRBM", "RBM", "VISIBLE_TYPES"]
+__all__ = ["MultimodalRBM", "RBM", "RBM_VISIBLE_TYPES", "VISIBLE_TYPES"]
 
-#: visible unit types accepted by :class:`RBM` and :class:`MultimodalRBM`
+#: visible unit types accepted by :class:`MultimodalRBM` (and :class:`RBM`)
 VISIBLE_TYPES = ("bernoulli", "gaussian")
+#: visible unit types accepted by :class:`RBM`: also the replicated softmax for word counts
+RBM_VISIBLE_TYPES = (*VISIBLE_TYPES, "softmax")
 
 
-def _check_visible(kind: str, sigma: float) -> None:
-    if kind not in VISIBLE_TYPES:
-        raise ValueError(f"visible={kind!r}; choose one of {list(VISIBLE_TYPES)}")
+def _check_visible(kind: str, sigma: float, allowed: Sequence[str] = VISIBLE_TYPES) -> None:
+    if kind not in allowed:
+        hint = ("; a replicated-softmax group needs its own RBM (e.g. the first layer of an MDBN stack)"
+                if kind == "softmax" else "")
+        raise ValueError(f"visible={kind!r}; choose one of {list(allowed)}{hint}")
     if not float(sigma) > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
 
 
 # -------------------------------------------------------------------------- one visible group
 def _scaled(v: Tensor, kind: str, sigma: float) -> Tensor:
-    """What the hidden units see: ``v`` (Bernoulli) or ``v / sigma`` (Gaussian)."""
+    """What the hidden units see: ``v`` (Bernoulli, softmax) or ``v / sigma`` (Gaussian)."""
     return v / sigma if kind == "gaussian" else v
 
 
 def _visible_energy(v: Tensor, bias: Tensor, kind: str, sigma: float) -> Tensor:
-    """The visible-only part of ``E`` (and of ``F``), per sample: ``-a.v`` or ``|v - a|^2 / (2 sigma^2)``."""
+    """The visible-only part of ``E`` (and of ``F``), per sample: ``-a.v`` (Bernoulli, softmax) or
+    ``|v - a|^2 / (2 sigma^2)``."""
     if kind == "gaussian":
         return (v - bias).pow(2).sum(1) / (2.0 * sigma * sigma)
     return -(v @ bias)
 
 
-def _visible_mean(h: Tensor, weight: Tensor, bias: Tensor, kind: str, sigma: float) -> Tensor:
-    """``E[v | h]``: ``sigmoid(a + W^T h)`` or ``a + sigma W^T h``."""
+def _visible_mean(h: Tensor, weight: Tensor, bias: Tensor, kind: str, sigma: float,
+                  length: Tensor | None = None) -> Tensor:
+    """``E[v | h]``: ``sigmoid(a + W^T h)``, ``a + sigma W^T h`` or ``D softmax(a + W^T h)`` (``length`` = D, (B,);
+    None: 1, the word distribution)."""
     act = h @ weight
     if kind == "gaussian":
         return bias + sigma * act
+    if kind == "softmax":
+        probs = torch.softmax(act + bias, dim=-1)
+        return probs if length is None else probs * length.reshape(-1, 1).to(probs.dtype)
     return torch.sigmoid(act + bias)
 
 
-def _visible_sample(mean: Tensor, kind: str, sigma: float) -> Tensor:
+def _visible_sample(mean: Tensor, kind: str, sigma: float, length: Tensor | None = None) -> Tensor:
     if kind == "gaussian":
         return mean + sigma * torch.randn_like(mean)
+    if kind == "softmax":
+        return _multinomial_counts(mean, mean.sum(1) if length is None else length.reshape(-1).to(mean.dtype))
     return torch.bernoulli(mean)
+
+
+@torch.no_grad()
+def _multinomial_counts(mean: Tensor, length: Tensor) -> Tensor:
+    """Counts ``~ Multinomial(round(D), mean / D)`` per row (``D`` = ``length``), rescaled to length ``D``.
+
+    Rows have different lengths, so every row draws ``max round(D)`` words and keeps its first ``round(D)``
+    (``torch.multinomial`` with replacement: i.i.d. words). Rows with ``round(D) = 0`` return ``mean``.
+    """
+    n = torch.round(length).to(torch.long)
+    n_max = int(n.max()) if n.numel() else 0
+    if n_max == 0:
+        return mean
+    probs = mean / length.clamp_min(torch.finfo(mean.dtype).tiny).reshape(-1, 1)
+    # a zero-length row has all-zero probabilities, which torch.multinomial refuses; its draws are discarded
+    safe = torch.where((n > 0).reshape(-1, 1), probs, torch.ones_like(probs))
+    words = torch.multinomial(safe, n_max, replacement=True)
+    keep = (torch.arange(n_max, device=mean.device).reshape(1, -1) < n.reshape(-1, 1)).to(mean.dtype)
+    counts = torch.zeros_like(mean).scatter_add_(1, words, keep)
+    scale = length / n.clamp_min(1).to(mean.dtype)
+    return torch.where((n > 0).reshape(-1, 1), counts * scale.reshape(-1, 1), mean)
 
 
 def _weighted_mean(values: Tensor, weight: Tensor | None) -> Tensor:
@@ -119,17 +164,19 @@ class _Chains(nn.Module):
 
 # ------------------------------------------------------------------------------------ RBM
 class RBM(_Chains):
-    """One RBM with ``n_visible`` Bernoulli or Gaussian visible units and ``n_hidden`` binary hidden units.
+    """One RBM with ``n_visible`` Bernoulli, Gaussian or replicated-softmax visible units and ``n_hidden`` binary
+    hidden units.
 
     Parameters: ``weight`` (n_hidden x n_visible, the ``nn.Linear`` layout), ``v_bias`` (``a``), ``h_bias``
     (``b``). Weights start N(0, ``init_std``^2) and biases at zero (Hinton's practical guide). ``n_chains`` > 0
-    registers persistent chains for :meth:`pcd_loss`.
+    registers persistent chains for :meth:`pcd_loss` (softmax chains keep the lengths of the data rows that
+    seeded them).
     """
 
     def __init__(self, n_visible: int, n_hidden: int, visible: str = "bernoulli", sigma: float = 1.0,
                  n_chains: int = 0, init_std: float = 0.01) -> None:
         super().__init__()
-        _check_visible(visible, sigma)
+        _check_visible(visible, sigma, RBM_VISIBLE_TYPES)
         if int(n_visible) < 1 or int(n_hidden) < 1:
             raise ValueError(f"n_visible and n_hidden must be positive, got {n_visible} and {n_hidden}")
         self.n_visible, self.n_hidden = int(n_visible), int(n_hidden)
@@ -144,30 +191,39 @@ class RBM(_Chains):
                 f"sigma={self.sigma}, n_chains={self.n_chains}")
 
     # ------------------------------------------------------------ conditionals
+    def hidden_logits(self, v: Tensor) -> Tensor:
+        """``b + W v'`` with ``v' = v`` or ``v / sigma``; ``D b + W v`` for the replicated softmax."""
+        if self.visible == "softmax":
+            return F.linear(v, self.weight) + v.sum(1, keepdim=True) * self.h_bias
+        return F.linear(_scaled(v, self.visible, self.sigma), self.weight, self.h_bias)
+
     def hidden_prob(self, v: Tensor) -> Tensor:
-        """``p(h = 1 | v) = sigmoid(b + W v')`` with ``v' = v`` or ``v / sigma``."""
-        return torch.sigmoid(F.linear(_scaled(v, self.visible, self.sigma), self.weight, self.h_bias))
+        """``p(h = 1 | v) = sigmoid(hidden_logits(v))``."""
+        return torch.sigmoid(self.hidden_logits(v))
 
     def sample_hidden(self, v: Tensor) -> Tensor:
         return torch.bernoulli(self.hidden_prob(v))
 
-    def visible_mean(self, h: Tensor) -> Tensor:
-        """``E[v | h]``: ``sigmoid(a + W^T h)`` (Bernoulli) or ``a + sigma W^T h`` (Gaussian)."""
-        return _visible_mean(h, self.weight, self.v_bias, self.visible, self.sigma)
+    def visible_mean(self, h: Tensor, length: Tensor | None = None) -> Tensor:
+        """``E[v | h]``: ``sigmoid(a + W^T h)`` (Bernoulli), ``a + sigma W^T h`` (Gaussian) or
+        ``D softmax(a + W^T h)`` (softmax; ``length`` = D per row, None: 1; ignored by the other types)."""
+        return _visible_mean(h, self.weight, self.v_bias, self.visible, self.sigma, length)
 
-    def sample_visible(self, h: Tensor) -> Tensor:
-        return _visible_sample(self.visible_mean(h), self.visible, self.sigma)
+    def sample_visible(self, h: Tensor, length: Tensor | None = None) -> Tensor:
+        """A draw of ``v | h`` (softmax: ``round(D)`` words rescaled to length ``D``; module docstring)."""
+        return _visible_sample(self.visible_mean(h, length), self.visible, self.sigma, length)
 
     def free_energy(self, v: Tensor) -> Tensor:
         """Per-sample ``F(v) = -log sum_h exp(-E(v, h))`` (module docstring)."""
-        pre = F.linear(_scaled(v, self.visible, self.sigma), self.weight, self.h_bias)
-        return _visible_energy(v, self.v_bias, self.visible, self.sigma) - F.softplus(pre).sum(1)
+        return _visible_energy(v, self.v_bias, self.visible, self.sigma) - F.softplus(self.hidden_logits(v)).sum(1)
 
     @torch.no_grad()
     def gibbs(self, v: Tensor, k: int = 1) -> Tensor:
-        """``k`` steps v -> h -> v of block Gibbs sampling; returns the final visible sample."""
+        """``k`` steps v -> h -> v of block Gibbs sampling; returns the final visible sample (softmax: the
+        document lengths of ``v`` are kept)."""
+        length = v.sum(1) if self.visible == "softmax" else None
         for _ in range(int(k)):
-            v = self.sample_visible(self.sample_hidden(v))
+            v = self.sample_visible(self.sample_hidden(v), length)
         return v
 
     # -------------------------------------------------------------- CD / PCD
@@ -204,7 +260,8 @@ class MultimodalRBM(_Chains):
     the group's visible type), so ``p(h = 1 | x, y) = sigmoid(b^h + W^x x' + W^y y')`` and, given ``h``, ``x``
     and ``y`` are independent RBM visibles. Parameters ``weight_x`` (n_hidden x n_x), ``weight_y``, ``bias_x``,
     ``bias_y``, ``bias_h``. A missing group (presence flag 0) contributes nothing: neither its energy term nor
-    its input to the hidden units.
+    its input to the hidden units. Groups are Bernoulli or Gaussian: a replicated softmax scales the hidden
+    biases by its document length, which a hidden layer shared with another group has no single reading of.
     """
 
     def __init__(self, n_x: int, n_y: int, n_hidden: int, visible: Sequence[str] = ("bernoulli", "bernoulli"),
@@ -266,6 +323,29 @@ class MultimodalRBM(_Chains):
         if y is not None:
             act = act + self._input(y, self.weight_y, 1, None)
         return torch.sigmoid(act)
+
+    def infer(self, x: Tensor, y: Tensor, px: Tensor, py: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean-field inference of an absent group (Srivastava & Salakhutdinov's multimodal DBN/DBM).
+
+        Rows with one group present clamp it and alternate ``h = p(h | present, filled)`` and
+        ``filled = E[absent | h]``, ``steps`` rounds, starting from ``h = p(h | present)`` (the absent group
+        adding nothing). Returns ``(h, x_filled, y_filled)``: complete rows and rows with neither group keep
+        ``p(h | x, y)`` and their inputs; ``steps = 0`` gives the single-group activation ("drop input").
+        """
+        if int(steps) < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        px, py = px.to(torch.bool), py.to(torch.bool)
+        h = self.hidden_prob(x, y, px, py)
+        fill_x, fill_y = py & ~px, px & ~py
+        if int(steps) == 0 or not bool((fill_x | fill_y).any()):
+            return h, x, y
+        qx, qy = px | fill_x, py | fill_y
+        for _ in range(int(steps)):
+            mx, my = self.visible_mean(h)
+            x = torch.where(fill_x.reshape(-1, 1), mx, x)
+            y = torch.where(fill_y.reshape(-1, 1), my, y)
+            h = self.hidden_prob(x, y, qx, qy)
+        return h, x, y
 
     def sample_hidden(self, x: Tensor, y: Tensor) -> Tensor:
         return torch.bernoulli(self.hidden_prob(x, y))

@@ -573,10 +573,71 @@ def unflatten_state(obj: Any, tensors: Mapping[str, Tensor]) -> Any:
     return obj
 
 
+#: the key of optimizer.json that holds one state per substep (a single flattened state is a "__dict__" object)
+NAMED_OPTIMIZERS = "optimizers"
+
+
+def _flatten_optimizers(optimizer: torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer],
+                        tensors: dict[str, Tensor]) -> Any:
+    """optimizer.json's content: one flattened state, or ``{"optimizers": [[name, state], ...]}`` for several.
+
+    One optimizer (or a mapping of one) keeps the single-state layout, so a run without substeps writes the
+    same files as before per-substep optimizers existed; its tensors are ``opt.*``, those of the i-th of several
+    ``opt.<i>.*`` (by position, so a name can never clash with a state key).
+    """
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return flatten_state(optimizer.state_dict(), tensors, "opt")
+    opts = dict(optimizer)
+    if not opts:
+        raise CheckpointError("save_training_checkpoint got an empty mapping of optimizers; pass optimizer=None "
+                              "to store no optimizer state")
+    if any(not isinstance(name, str) for name in opts):
+        raise CheckpointError(f"optimizer names must be strings (substep names), got {list(opts)!r}")
+    if len(opts) == 1:
+        return flatten_state(next(iter(opts.values())).state_dict(), tensors, "opt")
+    return {NAMED_OPTIMIZERS: [[name, flatten_state(opt.state_dict(), tensors, f"opt.{i}")]
+                               for i, (name, opt) in enumerate(opts.items())]}
+
+
+def _unflatten_optimizers(flat: Any, tensors: Mapping[str, Tensor], jpath: Path, tpath: Path,
+                          fix: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]] | None]:
+    """(first or only state, states by substep name or None for a single unnamed state) of optimizer.json."""
+    def damaged(why: str) -> CheckpointError:
+        return CheckpointError(f"{jpath} is damaged: {why}; {fix}")
+
+    named = isinstance(flat, dict) and NAMED_OPTIMIZERS in flat
+    if named:
+        entries = flat[NAMED_OPTIMIZERS]
+        if not (isinstance(entries, list) and entries
+                and all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) for e in entries)
+                and len({e[0] for e in entries}) == len(entries)):
+            raise damaged(f"{NAMED_OPTIMIZERS!r} must be a non-empty list of [substep name, state] pairs with "
+                          "distinct names")
+        parts = [(name, part) for name, part in entries]
+    else:
+        parts = [(None, flat)]
+    states: dict[str | None, dict[str, Any]] = {}
+    for name, part in parts:
+        try:
+            st = unflatten_state(part, tensors)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{jpath} is damaged (it does not match {tpath.name}: "
+                                  f"{type(exc).__name__} {_one_line(exc)}); {fix}") from exc
+        if not isinstance(st, dict):
+            raise damaged("expected an optimizer state object" + ("" if name is None else f" for {name!r}"))
+        states[name] = st
+    first = next(iter(states.values()))
+    return first, ({str(k): v for k, v in states.items()} if named else None)
+
+
 # ---------------------------------------------------------------------- training checkpoints
 @dataclass
 class TrainingCheckpoint:
-    """A training checkpoint as read back from disk."""
+    """A training checkpoint as read back from disk.
+
+    ``optimizer`` is the single optimizer state, or the first of several; ``optimizers`` holds the states by
+    substep name when the checkpoint has one per substep (None for a single unnamed state).
+    """
 
     path: Path
     header: dict[str, Any]
@@ -585,16 +646,18 @@ class TrainingCheckpoint:
     optimizer: dict[str, Any] | None
     best: dict[str, Tensor] | None
     rng: tuple[dict[str, Tensor], dict[str, Any]]
+    optimizers: dict[str, dict[str, Any]] | None = None
 
 
 def save_training_checkpoint(directory: str | Path, *, model: MultimodalModel, state: Mapping[str, Any],
-                             optimizer: torch.optim.Optimizer | None = None,
+                             optimizer: torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer] | None = None,
                              best: Mapping[str, Tensor] | None = None,
                              rng: tuple[dict[str, Tensor], dict[str, Any]] | None = None,
                              meta: Mapping[str, Any] | None = None) -> Path:
     """Write a complete training checkpoint atomically (see module docstring for the files).
 
-    ``trainer.json`` holds ``state`` plus the SHA-256 of every other file of the directory.
+    ``trainer.json`` holds ``state`` plus the SHA-256 of every other file of the directory. ``optimizer`` is one
+    optimizer or a mapping substep name -> optimizer (several are stored by name in the same two files).
     """
     directory = Path(directory)
     trainer_state = _json_checked(dict(state), "trainer state")
@@ -606,7 +669,7 @@ def save_training_checkpoint(directory: str | Path, *, model: MultimodalModel, s
         written = ["config.json"]
         if optimizer is not None:
             tensors: dict[str, Tensor] = {}
-            flat = flatten_state(optimizer.state_dict(), tensors, "opt")
+            flat = _flatten_optimizers(optimizer, tensors)
             _write_tensors(tmp / "optimizer.safetensors", tensors)
             _write_json(tmp / "optimizer.json", flat)
             written += ["optimizer.safetensors", "optimizer.json"]
@@ -701,17 +764,11 @@ def read_training_checkpoint(directory: str | Path) -> TrainingCheckpoint | None
                               f"version {header['format_version']}; {fix}")
     _verify_model_files(found, header, fix, done)
     weights = _load_tensors(found / "model.safetensors", fix)
-    optimizer = None
+    optimizer, optimizers = None, None
     pair = _pair(found, "optimizer.json", "optimizer.safetensors", fix)
     if pair is not None:
         flat, tensors = _read_json(pair[0], fix), _load_tensors(pair[1], fix)
-        try:
-            optimizer = unflatten_state(flat, tensors)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{pair[0]} is damaged (it does not match {pair[1].name}: "
-                                  f"{type(exc).__name__} {_one_line(exc)}); {fix}") from exc
-        if not isinstance(optimizer, dict):
-            raise CheckpointError(f"{pair[0]} is damaged: expected an optimizer state object; {fix}")
+        optimizer, optimizers = _unflatten_optimizers(flat, tensors, pair[0], pair[1], fix)
     best_path = found / "best.safetensors"
     best = _load_tensors(best_path, fix) if best_path.is_file() else None
     rng: tuple[dict[str, Tensor], dict[str, Any]] = ({}, {})
@@ -719,7 +776,7 @@ def read_training_checkpoint(directory: str | Path) -> TrainingCheckpoint | None
     if pair is not None:
         rng = (_load_tensors(pair[1], fix), _read_json(pair[0], fix))
         _check_rng(rng[0], rng[1], pair[1], pair[0], fix)
-    return TrainingCheckpoint(found, header, weights, state, optimizer, best, rng)
+    return TrainingCheckpoint(found, header, weights, state, optimizer, best, rng, optimizers)
 
 
 def tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:

@@ -83,6 +83,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.dist = DistInfo()
         self.device = torch.device("cpu")
+        #: one optimizer per substep name of the current stage (``{"total": opt}`` without substeps), so each
+        #: of Algorithm 1's steps keeps its own momentum / Adam moments; all share the stage's hyper-parameters
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        #: the first of ``optimizers`` (the only one without substeps); its learning rate is the one logged
         self.optimizer: torch.optim.Optimizer | None = None
         self.global_step = 0
         #: a callback may set this to end the current stage after the epoch (like early stopping)
@@ -146,14 +150,19 @@ class Trainer:
                                  "global_step": 0, "best": None, "best_epoch": None, "bad_epochs": 0,
                                  "history": [], "optimizer_stage": None}
         best_weights: dict[str, Tensor] | None = None
-        opt_state: dict[str, Any] | None = None
+        # saved optimizer states by substep name; the key None is a single unnamed state (see _restore_optimizers)
+        opt_state: dict[str | None, dict[str, Any]] | None = None
         ckpt = read_training_checkpoint(out_dir / "checkpoint") if (resume and out_dir is not None) else None
         if ckpt is not None:
             self._check_resumable(ckpt.header, ckpt.state, run, out_dir)
             apply_state(model, {k: v.to(self.device) for k, v in ckpt.weights.items()},
                         source=f"checkpoint {ckpt.path}")
             state = ckpt.state
-            best_weights, opt_state = ckpt.best, ckpt.optimizer
+            best_weights = ckpt.best
+            if ckpt.optimizers is not None:
+                opt_state = dict(ckpt.optimizers)
+            elif ckpt.optimizer is not None:
+                opt_state = {None: ckpt.optimizer}
             if main and ckpt.rng[0]:
                 set_rng_state(*ckpt.rng)
             else:  # only rank 0's RNG is saved; other ranks continue from a stream fixed by the step
@@ -178,7 +187,7 @@ class Trainer:
             for p in model.parameters():
                 p.requires_grad_(flags.get(id(p), True))
             model.train(was_training)
-            self.optimizer = None
+            self.optimizer, self.optimizers = None, {}
         model.set_stage(None)
         if main and out_dir is not None:
             save_model(out_dir / "model", model, self.standardizer, self._final_meta())
@@ -341,7 +350,7 @@ class Trainer:
 
     def _run_stage(self, si: int, stage: Stage, state: dict[str, Any], data: MultimodalDataset, train_idx: Tensor,
                    val_loss_idx: Tensor | None, val_metric_idx: Tensor | None, track: bool,
-                   best_weights: dict[str, Tensor] | None, opt_state: dict[str, Any] | None,
+                   best_weights: dict[str, Tensor] | None, opt_state: dict[str | None, dict[str, Any]] | None,
                    logger: RunLogger, bar: Progress) -> None:
         cfg, model = self.config, self.model
         epochs = stage.epochs if stage.epochs is not None else cfg.epochs
@@ -351,9 +360,13 @@ class Trainer:
         for p in model.parameters():
             p.requires_grad_(id(p) in keep)  # frozen outside the stage: no grads, no DDP reduction
         lr = stage.lr if stage.lr is not None else cfg.lr
-        self.optimizer = self._make_optimizer(params, lr)
+        # read once per stage, after set_stage: the substeps may depend on the stage (not on the epoch)
+        substeps = tuple(model.substeps() or ("total",))
+        # one optimizer per distinct name: a step's momentum must not carry into another objective's step
+        self.optimizers = {name: self._make_optimizer(params, lr) for name in dict.fromkeys(substeps)}
+        self.optimizer = next(iter(self.optimizers.values()))
         if opt_state is not None and state.get("optimizer_stage") == si and int(state["epoch"]) > 0:
-            self.optimizer.load_state_dict(opt_state)
+            self._restore_optimizers(opt_state)
         wrapped = self._wrap()
         steps = math.ceil(train_idx.numel() / cfg.batch_size)
         if cfg.max_steps_per_epoch is not None:
@@ -362,7 +375,8 @@ class Trainer:
         self.stop_stage = False
         for ep in range(int(state["epoch"]), epochs):
             t0 = time.perf_counter()
-            train_means, n_samples, train_s = self._train_epoch(wrapped, params, data, train_idx, si, ep, bar)
+            train_means, n_samples, train_s = self._train_epoch(wrapped, params, substeps, data, train_idx, si,
+                                                                ep, bar)
             val_loss, val_metric = self._validate(data, val_loss_idx, val_metric_idx)
             value = {"val_loss": val_loss, "val_metric": val_metric, "train_loss": train_means["total"]}[self.monitor]
             improved = track and self._better(value, state["best"])
@@ -399,14 +413,39 @@ class Trainer:
         # zero epochs (or resumed exactly at the end): nothing trained in this stage
         self._end_stage(si, state, best_weights)
 
+    def _restore_optimizers(self, saved: dict[str | None, dict[str, Any]]) -> None:
+        """Load saved optimizer states into ``self.optimizers``, by substep name.
+
+        A single unnamed state (key None: a checkpoint from before per-substep optimizers, or of a run with one
+        optimizer) belongs to the first optimizer. An optimizer without a saved state starts fresh and a saved
+        state without an optimizer is dropped, each with a warning, so nothing is lost silently.
+        """
+        names = list(self.optimizers)
+        if set(saved) == {None}:
+            self.optimizers[names[0]].load_state_dict(saved[None])
+            if len(names) > 1:
+                log.warning("the checkpoint holds one optimizer state for the substeps %s (written when they "
+                            "shared one optimizer); restored it for %r, the optimizers of %s start fresh",
+                            names, names[0], names[1:])
+            return
+        for name, opt in self.optimizers.items():
+            if name in saved:
+                opt.load_state_dict(saved[name])
+        fresh = [n for n in names if n not in saved]
+        dropped = [n for n in saved if n not in self.optimizers]
+        if fresh or dropped:
+            log.warning("the checkpoint holds optimizer states for the substeps %s but this model steps on %s; "
+                        "restored %s, %s start fresh, %s dropped", list(saved), names,
+                        [n for n in names if n in saved], fresh, dropped)
+
     def _checkpoint(self, state: dict[str, Any], stage: Stage, best_weights: dict[str, Tensor] | None) -> None:
-        """Rank 0 writes the checkpoint; optimizer state only mid-stage (a new stage builds a new optimizer)."""
+        """Rank 0 writes the checkpoint; optimizer states only mid-stage (a new stage builds new optimizers)."""
         out_dir = self.config.out_dir
         if not self.dist.main or out_dir is None:
             return
         mid = state["optimizer_stage"] is not None
         save_training_checkpoint(out_dir / "checkpoint", model=self.model, state=state,
-                                 optimizer=self.optimizer if mid else None, best=best_weights if mid else None,
+                                 optimizer=self.optimizers if mid else None, best=best_weights if mid else None,
                                  rng=get_rng_state(), meta={"stage": stage.name})
 
     def _end_stage(self, si: int, state: dict[str, Any], best_weights: dict[str, Tensor] | None) -> None:
@@ -417,8 +456,9 @@ class Trainer:
                      self.monitor, state["best"])
         state.update(stage_index=si + 1, epoch=0, best=None, best_epoch=None, bad_epochs=0, optimizer_stage=None)
 
-    def _train_epoch(self, wrapped: nn.Module, params: list[nn.Parameter], data: MultimodalDataset,
-                     train_idx: Tensor, si: int, ep: int, bar: Progress) -> tuple[dict[str, float], int, float]:
+    def _train_epoch(self, wrapped: nn.Module, params: list[nn.Parameter], substeps: tuple[str, ...],
+                     data: MultimodalDataset, train_idx: Tensor, si: int, ep: int,
+                     bar: Progress) -> tuple[dict[str, float], int, float]:
         cfg, model = self.config, self.model
         rank, world = self.dist.rank, self.dist.world_size
         model.train()
@@ -428,9 +468,7 @@ class Trainer:
             starts = starts[:cfg.max_steps_per_epoch]
         sums: dict[str, Tensor] = {}
         count, samples = 0, 0
-        opt = self.optimizer
-        assert opt is not None
-        substeps = tuple(model.substeps() or ("total",))
+        optimizers = [self.optimizers[term] for term in substeps]
         t0 = time.perf_counter()
         for s in starts:
             glob = order[s:s + cfg.batch_size]
@@ -440,8 +478,9 @@ class Trainer:
             batch = data.batch(part).to(self.device)
             out: dict[str, Tensor] = {}
             # one optimizer step per named term (alternating schedules, e.g. SSL's Algorithm 1), each
-            # on a fresh forward so a step sees the parameters the previous one produced
-            for i, term in enumerate(substeps):
+            # on a fresh forward so a step sees the parameters the previous one produced, and each with
+            # its term's own optimizer state
+            for i, (term, opt) in enumerate(zip(substeps, optimizers, strict=True)):
                 step_out = self._loss(wrapped, batch)
                 if term not in step_out:
                     raise KeyError(f"model {model.name!r} lists substep {term!r} but loss() returned "
@@ -473,7 +512,8 @@ class Trainer:
         if not math.isfinite(means["total"]):
             raise FloatingPointError(
                 f"the training loss became {means['total']} in stage {si} epoch {ep + 1} (terms: {means}); lower "
-                f"the learning rate (lr={opt.param_groups[0]['lr']}), set grad_clip, or standardise the features")
+                f"the learning rate (lr={optimizers[0].param_groups[0]['lr']}), set grad_clip, or standardise the "
+                "features")
         return means, samples, seconds
 
     def _validate(self, data: MultimodalDataset, loss_idx: Tensor | None,
