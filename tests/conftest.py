@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +17,12 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} not found (set COMMONSPACE_SHARED_DATA to use real data)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test of tiny matrices (extra threads only add contention), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

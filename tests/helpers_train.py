@@ -20,6 +20,34 @@ from commonspace.train import TrainConfig, Trainer
 from commonspace.train.checkpoint import state_for_saving
 
 
+class ToySubsteps(MultimodalModel):
+    """Base of the two-substep toys: loss terms "a" and "b" stepped one after the other per batch."""
+
+    def substeps(self):
+        return ("a", "b")
+
+    def encode(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {}
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        return batch.features["x"]
+
+
+def fit_or_interrupt(model: MultimodalModel, cfg: TrainConfig, data: MultimodalDataset,
+                     stop: bool) -> MultimodalModel | None:
+    """Fit (resuming from ``cfg.out_dir``); ``stop``: die after the first epoch like a killed run, return None."""
+
+    def die(trainer: Trainer, record: dict) -> None:
+        if stop and len(trainer.history) == 1:
+            raise KeyboardInterrupt
+
+    try:
+        Trainer(model, cfg, callbacks=[die]).fit(data, val=None)
+    except KeyboardInterrupt:
+        return None
+    return model
+
+
 @register("_toy_linear")
 class ToyLinear(MultimodalModel):
     """Predict modality b from modality a through a hidden layer with dropout."""

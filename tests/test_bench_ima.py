@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from rich.console import Console
 
 from commonspace.bench.runner import BenchContext, available_specs, run_spec
@@ -14,15 +13,6 @@ from commonspace.bench.specs import ima as ima_spec
 
 def test_ima_spec_registered():
     assert "ima" in {s.name for s in available_specs()}
-
-
-@pytest.fixture
-def one_thread():
-    # tiny models gain nothing from threads, and on a shared 2-core machine extra threads only contend
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_bench_ima_tiny(tmp_path, monkeypatch, one_thread):

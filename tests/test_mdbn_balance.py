@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 from commonspace.data.dataset import MultimodalDataset, Standardizer
@@ -59,13 +60,9 @@ def _probe_accuracy(data: MultimodalDataset, epochs: int = 15, **hparams) -> dic
     return out
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_balanced_mdbn_joint_code_beats_each_modality_and_the_unbalanced_one_does_not():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: extra threads only add contention
-    try:
-        _check_balance()
-    finally:
-        torch.set_num_threads(threads)
+    _check_balance()
 
 
 def _check_balance() -> None:

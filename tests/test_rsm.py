@@ -135,13 +135,9 @@ def _recon_cross_entropy(rbm: RBM, docs: torch.Tensor) -> float:
         return float(-(docs * probs.log()).sum() / docs.sum())
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_rsm_learns_a_two_topic_corpus():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: extra threads only add contention
-    try:
-        _learn_two_topics()
-    finally:
-        torch.set_num_threads(threads)
+    _learn_two_topics()
 
 
 def _learn_two_topics() -> None:

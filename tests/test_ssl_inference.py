@@ -11,6 +11,7 @@ from commonspace.eval.probe import logistic_probe_many
 from commonspace.models import create
 from commonspace.nn.rbm import MultimodalRBM
 from commonspace.train import TrainConfig, Trainer
+from commonspace.train.checkpoint import load_model
 
 
 def _rbm(visible: tuple[str, str] = ("bernoulli", "gaussian")) -> MultimodalRBM:
@@ -127,3 +128,38 @@ def test_reconstruct_fills_the_missing_half_better_than_its_mean(trained_mrbm) -
     baseline = float(((mean - truth) ** 2).mean())
     assert mse(10) < 0.9 * baseline
     assert mse(10) < mse(0) - 0.005  # the inferred code predicts the missing half better than H^x alone
+
+
+def test_cli_and_api_leave_bernoulli_and_count_modalities_unstandardised(tmp_path) -> None:
+    """Bernoulli pixels and replicated-softmax counts keep their scale; the Gaussian modality is standardised."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from commonspace.api import CommonSpace
+    from commonspace.cli import app
+    from commonspace.data.dataset import MultimodalDataset
+
+    res = CliRunner().invoke(app, ["train", "--model", "mrbm", "--data", "digits-halves", "--epochs", "1",
+                                   "--set", "hidden=8", "--out", str(tmp_path / "rbm"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    g = np.random.default_rng(0)
+    y = g.integers(0, 2, 60)
+    counts = g.poisson(np.where(y[:, None] == 1, [4.0, 1.0, 1.0], [1.0, 1.0, 4.0]))
+    gauss = g.normal(size=(60, 3)) * 5 + 10
+    path = tmp_path / "docs.npz"
+    np.savez(path, x_img=gauss, x_txt=counts.astype(np.float64), labels=y)
+    res = CliRunner().invoke(app, ["train", "--model", "mdbn", "--data", str(path), "--epochs", "1",
+                                   "--set", 'visible=["gaussian","softmax"]', "--set", "layers_x=[4]",
+                                   "--set", "layers_y=[4]", "--set", "shared=4", "--out", str(tmp_path / "dbn"),
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert set(load_model(tmp_path / "dbn").standardizer.mean) == {"img"}
+    assert load_model(tmp_path / "rbm").standardizer is None  # both halves are Bernoulli pixels
+    res = CliRunner().invoke(app, ["embed", "--model", str(tmp_path / "dbn"), "--data", str(path),
+                                   "--out", str(tmp_path / "emb.npz")])
+    assert res.exit_code == 0, res.output
+    data = MultimodalDataset({"img": torch.tensor(gauss, dtype=torch.float32),
+                              "txt": torch.tensor(counts, dtype=torch.float32)}, labels=torch.tensor(y))
+    cs = CommonSpace("mdbn", visible=["gaussian", "softmax"], layers_x=[4], layers_y=[4], shared=4, epochs=1)
+    cs.fit(data)
+    assert set(cs.standardizer_.mean) == {"img"}

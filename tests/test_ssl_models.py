@@ -13,6 +13,7 @@ from commonspace.models.base import model_class
 from commonspace.models.ssl import MDAE, MDBN, MRBM
 from commonspace.train import TrainConfig, Trainer
 from commonspace.train.checkpoint import load_model, save_model, state_for_saving
+from helpers_train import fit_or_interrupt
 
 DIMS = {"a": 12, "b": 10}
 SMALL = {
@@ -311,16 +312,7 @@ def test_persistent_training_resumes_with_its_chains(tmp_path):
     def run(out, stop: bool):
         m = build("mrbm", sim="ce_xy", persistent=True, n_chains=16)
         cfg = TrainConfig.for_model(m, epochs=3, seed=0, progress=False, batch_size=32, out_dir=out)
-
-        def die(trainer, record):
-            if stop and len(trainer.history) == 1:
-                raise KeyboardInterrupt
-
-        try:
-            Trainer(m, cfg, callbacks=[die]).fit(data, val=None)
-        except KeyboardInterrupt:
-            return None
-        return m
+        return fit_or_interrupt(m, cfg, data, stop)
 
     whole = run(tmp_path / "whole", False)
     assert run(tmp_path / "cut", True) is None

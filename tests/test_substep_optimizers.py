@@ -16,12 +16,12 @@ from commonspace.models.base import MultimodalModel
 from commonspace.train import CheckpointError, TrainConfig, Trainer
 from commonspace.train import checkpoint as ck
 from commonspace.train.checkpoint import state_for_saving
-from helpers_train import build_model, final_state, make_data
+from helpers_train import ToySubsteps, build_model, final_state, fit_or_interrupt, make_data
 
 W0, U0 = 1.0, 0.0
 
 
-class TwoSteps(MultimodalModel):
+class TwoSteps(ToySubsteps):
     """Substep "a" pulls w to 3 and u to 2, substep "b" pulls w to -1: w is shared, u belongs to "a" alone."""
 
     name = "_toy_two_steps"  # not registered: the trainer never rebuilds it from the registry
@@ -37,15 +37,6 @@ class TwoSteps(MultimodalModel):
         a = (self.w - 3.0) ** 2 + (self.u - 2.0) ** 2
         b = (self.w + 1.0) ** 2
         return {"total": a + b, "a": a, "b": b}
-
-    def substeps(self):
-        return ("a", "b")
-
-    def encode(self, batch):
-        return {}
-
-    def embed(self, batch):
-        return batch.features["x"]
 
 
 def _grads(term: str, w: float, u: float) -> dict[str, float]:
@@ -231,16 +222,7 @@ def test_ssl_model_resumes_bit_for_bit_with_substeps(tmp_path: Path, name: str, 
     def run(out: Path, stop: bool) -> MultimodalModel | None:
         m = create(name, {"a": 12, "b": 10}, init_seed=0, sim="ce_xy", **hp)
         cfg = TrainConfig.for_model(m, epochs=3, seed=0, progress=False, batch_size=16, out_dir=out)
-
-        def die(trainer: Trainer, record: dict) -> None:
-            if stop and len(trainer.history) == 1:
-                raise KeyboardInterrupt
-
-        try:
-            Trainer(m, cfg, callbacks=[die]).fit(data, val=None)
-        except KeyboardInterrupt:
-            return None
-        return m
+        return fit_or_interrupt(m, cfg, data, stop)
 
     whole = run(tmp_path / "whole", False)
     assert run(tmp_path / "cut", True) is None

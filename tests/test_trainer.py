@@ -11,7 +11,7 @@ from commonspace.data.dataset import DataError, MultimodalDataset
 from commonspace.models.base import MultimodalModel
 from commonspace.train import TrainConfig, Trainer
 from commonspace.train.seed import shuffle_generator
-from helpers_train import ToyComplete, ToyLinear, build_model, final_state, make_data, run_training
+from helpers_train import ToyComplete, ToyLinear, ToySubsteps, build_model, final_state, make_data, run_training
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -253,7 +253,7 @@ def test_shard_weights_average_to_one():
     assert shard(idx, 0, 1) == (idx, 1.0)
 
 
-class _Alternating(MultimodalModel):
+class _Alternating(ToySubsteps):
     """Two loss terms on different parameters, stepped one after the other per batch."""
 
     train_defaults = {"epochs": 1, "batch_size": 8, "lr": 0.1, "optimizer": "sgd", "momentum": 0.0, "nesterov": False}
@@ -267,15 +267,6 @@ class _Alternating(MultimodalModel):
         a = (self.u - 3.0) ** 2  # reaches u only
         b = (self.v - self.u.detach()) ** 2  # reaches v only, and reads the u the first step produced
         return {"total": a + b, "a": a, "b": b}
-
-    def substeps(self):
-        return ("a", "b")
-
-    def encode(self, batch):
-        return {}
-
-    def embed(self, batch):
-        return batch.features["x"]
 
 
 def test_substeps_step_each_term_on_a_fresh_forward() -> None:

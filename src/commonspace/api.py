@@ -87,12 +87,14 @@ class CommonSpace:
             k = int(round(val_fraction * data.n))
             splits = {"train": perm[k:]} | ({"val": perm[:k]} if k > 0 else {})
             data = data.replace(splits=splits)
-        if self.standardize and all(len(d) == 1 for d in data.dims.values()):
-            self.standardizer_ = Standardizer().fit(data, "train")
-            data = self.standardizer_.transform(data)
         # n_classes and the like come from the data when the caller did not give them
         self.model_ = create_for_data(self.model_name, data, init_seed=int(self.train_kwargs.get("seed", 0)),
                                       **self.hparams)
+        if self.standardize and all(len(d) == 1 for d in data.dims.values()):
+            skip = self.model_.unscaled_modalities()  # Bernoulli probabilities and word counts keep their scale
+            if set(skip) != set(data.modalities):
+                self.standardizer_ = Standardizer().fit(data, "train", skip=skip)
+                data = self.standardizer_.transform(data)
         cfg = TrainConfig.for_model(self.model_, **self.train_kwargs)
         trainer = Trainer(self.model_, cfg, standardizer=self.standardizer_)
         self.history_ = trainer.fit(data, train="train", val="val" if "val" in data.splits else None)

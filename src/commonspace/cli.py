@@ -196,11 +196,14 @@ def train(
     with RunLock(out_dir) if _is_rank0() else contextlib.nullcontext():
         hparams = _parse_sets(set_)
         ds, notes = _read_data(data, _split_list(modalities), data_root, seed)
+        m = create_for_data(model, ds, init_seed=seed, **hparams)  # seeded: same seed, same weights
         std = None
         if standardize and ds.features and all(len(d) == 1 for d in ds.dims.values()):
-            std = Standardizer().fit(ds, "train")
-            ds = std.transform(ds)
-        m = create_for_data(model, ds, init_seed=seed, **hparams)  # seeded: same seed, same weights
+            # Bernoulli probabilities and word counts keep their own scale
+            skip = m.unscaled_modalities()
+            if set(skip) != set(ds.modalities):
+                std = Standardizer().fit(ds, "train", skip=skip)
+                ds = std.transform(ds)
         overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                                        "patience": patience}.items() if v is not None}
         cfg = TrainConfig.for_model(m, seed=seed, out_dir=out_dir, progress=progress, **overrides)

@@ -396,9 +396,13 @@ class Standardizer:
         self.mean: dict[str, Tensor] = {}
         self.std: dict[str, Tensor] = {}
 
-    def fit(self, data: MultimodalDataset, split: str | None = "train") -> Standardizer:
+    def fit(self, data: MultimodalDataset, split: str | None = "train",
+            skip: Sequence[str] = ()) -> Standardizer:
+        """Fit on ``split``; modalities in ``skip`` (read on their own scale, e.g. counts) are left as they are."""
         idx = data.split(split) if split else torch.arange(data.n)
         for j, m in enumerate(data.modalities):
+            if m in skip:
+                continue
             rows = idx[data.mask[idx, j]]
             if rows.numel() == 0:
                 raise DataError(f"modality {m!r} is missing for every sample of split {split!r}; cannot fit")

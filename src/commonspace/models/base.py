@@ -69,6 +69,10 @@ class MultimodalModel(nn.Module):
         self.config: dict[str, Any] = {"dims": {m: list(d) for m, d in self.dims.items()}}
         self.stage: str | None = None
 
+    def unscaled_modalities(self) -> list[str]:
+        """Modalities read on their own scale (Bernoulli probabilities, word counts): not standardised."""
+        return []
+
     # ---------------------------------------------------------------- config
     def save_config(self, **hparams: Any) -> None:
         self.config.update(hparams)

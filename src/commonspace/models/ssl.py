@@ -46,12 +46,12 @@ CCA_SHRINK = 0.3
 _RBM_SGD: dict[str, Any] = {"optimizer": "sgd", "momentum": 0.9, "nesterov": False, "batch_size": 100}
 
 
-def _pair(value: str | Sequence[str], what: str) -> tuple[str, str]:
+def _pair(value: str | Sequence[str], what: str, allowed: Sequence[str] = VISIBLE_TYPES) -> tuple[str, str]:
     if isinstance(value, str):
         value = (value, value)
     value = tuple(str(v) for v in value)
-    if len(value) != 2 or any(v not in VISIBLE_TYPES for v in value):
-        raise DataError(f"{what}={list(value)}; give one of {list(VISIBLE_TYPES)} per modality (x, y)")
+    if len(value) != 2 or any(v not in allowed for v in value):
+        raise DataError(f"{what}={list(value)}; give one of {list(allowed)} per modality (x, y)")
     return value[0], value[1]
 
 
@@ -202,6 +202,11 @@ class SSLModel(MultimodalModel):
     def _bernoulli_inputs(self) -> list[str]:
         return []
 
+    def unscaled_modalities(self) -> list[str]:
+        """Bernoulli (and replicated-softmax) inputs keep their scale: the CLI and API do not standardise them."""
+        return [m for m, v in zip(self.modalities, getattr(self, "visible", ()), strict=False)
+                if v in ("bernoulli", "softmax")]
+
     def check_data(self, data: MultimodalDataset) -> None:
         """Also: Bernoulli visible units need features in [0, 1]."""
         super().check_data(data)
@@ -291,16 +296,6 @@ class MRBM(SSLModel):
 
 
 # ======================================================================== MDBN
-def _stack_pair(value: str | Sequence[str]) -> tuple[str, str]:
-    """MDBN ``visible``: one first-layer type per modality, the replicated softmax included."""
-    if isinstance(value, str):
-        value = (value, value)
-    value = tuple(str(v) for v in value)
-    if len(value) != 2 or any(v not in RBM_VISIBLE_TYPES for v in value):
-        raise DataError(f"visible={list(value)}; give one of {list(RBM_VISIBLE_TYPES)} per modality (x, y)")
-    return value[0], value[1]
-
-
 def _doc_length(value: float | None) -> float | None:
     if value is None:
         return None
@@ -373,7 +368,7 @@ class MDBN(SSLModel):
                  doc_length: float | None = None, pretrain_lr: Any = None, joint_lr: float | None = None) -> None:
         super().__init__(dims)
         self._init_ssl(sim, lam, schedule, ce_grad, cca_shrink)
-        vis = _stack_pair(visible)
+        vis = _pair(visible, "visible", RBM_VISIBLE_TYPES)  # the replicated softmax too
         lx, ly = _layers(layers_x, "layers_x"), _layers(layers_y, "layers_y")
         for m, kind, sizes in ((self.mx, vis[0], lx), (self.my, vis[1], ly)):
             if kind == "softmax" and not sizes:
