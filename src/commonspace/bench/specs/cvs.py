@@ -38,7 +38,7 @@ from commonspace.data.io import atomic_write
 from commonspace.eval.retrieval import retrieval_metrics
 from commonspace.models import create
 from commonspace.models.base import MultimodalModel
-from commonspace.models.cvs import class_stages
+from commonspace.train.stagewise import class_stages
 from commonspace.train import TrainConfig, Trainer, seed_everything
 from commonspace.train.optim import make_adam
 
