@@ -181,8 +181,11 @@ app(["slow-write", sys.argv[1]], prog_name="commonspace")
 
 
 def _kill_while_writing(script: str, target: Path, sig: int) -> subprocess.CompletedProcess:
+    # a job started in the background (`cmd &`) inherits SIGINT ignored, and Python then keeps it ignored:
+    # give the child the default disposition, as a terminal would
     p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), str(target)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = p.stdout.readline()
         assert line.strip() == "writing", p.stderr.read()
