@@ -14,8 +14,8 @@ from commonspace.data.dataset import Batch, DataError, MultimodalDataset
 from commonspace.eval.retrieval import cross_modal_retrieval
 from commonspace.models.base import model_class
 from commonspace.models.cvs import CVS, MCVS, RVS
-from commonspace.train.stagewise import class_stages, train_stagewise
 from commonspace.train import TrainConfig, Trainer
+from commonspace.train.stagewise import class_stages, train_stagewise
 
 DIMS = {"a": 10, "b": 8, "c": 6}
 K = 4

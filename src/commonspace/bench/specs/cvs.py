@@ -38,9 +38,9 @@ from commonspace.data.io import atomic_write
 from commonspace.eval.retrieval import retrieval_metrics
 from commonspace.models import create
 from commonspace.models.base import MultimodalModel
-from commonspace.train.stagewise import class_stages
 from commonspace.train import TrainConfig, Trainer, seed_everything
 from commonspace.train.optim import make_adam
+from commonspace.train.stagewise import class_stages
 
 PAPER = ("Common Vector Space, Multi-staged CVS and Reference Vector Space (thesis "
          "cvs-mcvs-rvs-vector-spaces-thesis): Tables 6-13, Figures 26-27")
