@@ -123,7 +123,7 @@ def test_mvae_missing_modality_is_not_an_expert_nor_reconstructed():
 def test_mvae_loss_terms_add_up_and_random_subsets():
     torch.manual_seed(0)
     dims = {"a": 4, "b": 3, "c": 5}
-    model = MVAE(dims, subsets=2, rec_weight={"a": 1.0, "b": 2.0, "c": 0.5}, **SMALL)
+    model = MVAE(dims, subsets=2, rec_weight={"a": 1.0, "b": 2.0, "c": 0.5}, anneal_steps=0, **SMALL)
     out = model.loss(synthetic(32, dims))
     assert {"total", "elbo_joint", "elbo_a", "elbo_b", "elbo_c", "elbo_random", "kl", "rec_a", "rec_b",
             "rec_c"} == set(out)
@@ -152,7 +152,7 @@ def test_kl_warmup_buffer():
     model = MVAE({"a": 6, "b": 5}, anneal_steps=4, beta=2.0, **SMALL)
     assert float(model._kl_weight()) == 0.0 and int(model.anneal_step) == 1
     model.eval()
-    assert float(model._kl_weight()) == 0.5 and int(model.anneal_step) == 1  # 2 * 1/4; eval does not advance
+    assert float(model._kl_weight()) == 2.0 and int(model.anneal_step) == 1  # eval: full beta, no advance
     model.train()
     for _ in range(5):
         model._kl_weight()
@@ -210,7 +210,7 @@ def test_jmvae_embed_uses_the_network_of_each_samples_mask():
 def test_jmvae_kl_terms_match_closed_form():
     torch.manual_seed(0)
     dims = {"a": 4, "b": 3, "c": 5}
-    model = JMVAE(dims, alpha=0.5, **SMALL)
+    model = JMVAE(dims, alpha=0.5, anneal_steps=0, **SMALL)
     batch = synthetic(16, dims)
     out = model.loss(batch)
     mu, lv = model.networks["a+b+c"](torch.cat([batch.features[m] for m in dims], 1))

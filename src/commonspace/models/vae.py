@@ -22,6 +22,7 @@ from commonspace.nn.mlp import ACTIVATIONS, MLP, flat_dim, masked_flat
 
 __all__ = [
     "JMVAE",
+    "KL_WARMUP_STEPS",
     "MVAE",
     "GaussianEncoder",
     "kl_normal",
@@ -38,6 +39,10 @@ _LIKELIHOODS = {"bernoulli": "bernoulli", "bce": "bernoulli", "gaussian": "gauss
 _LOGVAR_BOUND = 20.0
 #: JMVAE-KL builds 2^M - 1 encoders; beyond this the model is impractical (1023 networks)
 _MAX_JMVAE_MODALITIES = 10
+#: default KL warm-up in optimisation steps (docs/methods.md, "KL weight"): both papers raise the KL weight
+#: linearly from 0 to 1 over the first part of training; 300 steps is ~14 of the IMA bench's 50 epochs
+#: (2670 pairs, batch 128), the length that ended MVAE's image-expert collapse there (benchmarks/vae_warmup.py)
+KL_WARMUP_STEPS = 300
 
 
 # ----------------------------------------------------------------------------------------- shared helpers
@@ -187,20 +192,33 @@ class _VAEBase(MultimodalModel):
         self.sizes = {m: flat_dim(d) for m, d in self.dims.items()}
         self.decoders = nn.ModuleDict({m: _decoder(self.latent, self.hidden[m], self.sizes[m], activation)
                                        for m in self.modalities})
-        # Training steps taken, for the KL warm-up; a buffer so checkpoints and resumes carry it.
+        # Training-mode loss() calls so far, for the KL warm-up; a buffer so checkpoints and resumes carry it.
         self.register_buffer("anneal_step", torch.zeros((), dtype=torch.int64))
 
     def _inputs(self, batch: Batch, mask: Tensor) -> dict[str, Tensor]:
         return {m: masked_flat(batch.features[m], mask[:, j]) for j, m in enumerate(self.modalities)}
 
-    def _kl_weight(self) -> float | Tensor:
-        """``beta * min(1, step / anneal_steps)`` (linear warm-up); advances one step per training-mode call.
+    def kl_weight(self) -> float | Tensor:
+        """The KL weight the next ``loss`` call uses, without advancing the warm-up.
 
-        Kept as a tensor on the model's device: reading the step back to Python would synchronise a GPU.
+        Training mode: ``beta_t = beta min(1, t / anneal_steps)`` with ``t`` the training-mode ``loss`` calls so
+        far (the ``anneal_step`` buffer), i.e. the linear warm-up of Sonderby et al. (2016) that both papers
+        use: 0 on the first step, ``beta`` from step ``anneal_steps`` on. Eval mode: always ``beta``, so
+        validation losses are the full negative ELBO at every epoch and early stopping compares like with
+        like. A tensor on the model's device while warming up (reading the step back would synchronise a GPU).
         """
-        if self.anneal_steps == 0:
+        if not self.training or self.anneal_steps == 0:
             return self.beta
-        weight = self.beta * (self.anneal_step.to(torch.get_default_dtype()) / self.anneal_steps).clamp(max=1.0)
+        step = self.anneal_step.to(torch.get_default_dtype())
+        return self.beta * (step / self.anneal_steps).clamp(max=1.0)
+
+    def _kl_weight(self) -> float | Tensor:
+        """:meth:`kl_weight`, then one warm-up step on in training mode; ``loss`` calls it once per call.
+
+        The step is a buffer, so checkpoints carry it and a resumed run continues the schedule where it was
+        (the trainer calls ``loss`` once per batch for these models: they have no substeps).
+        """
+        weight = self.kl_weight()
         if self.training:
             self.anneal_step += 1
         return weight
@@ -244,10 +262,12 @@ class MVAE(_VAEBase):
 
     Hyper-parameters: ``latent`` (50), ``hidden`` ((500, 500), or {modality: sizes}), ``activation`` ("relu"),
     ``likelihood`` ("gaussian" = SSE, or "bernoulli" = BCE on [0, 1] data; once or per modality),
-    ``rec_weight`` (1.0, lambda_j, once or per modality), ``beta`` (1.0), ``anneal_steps`` (0: no KL
-    warm-up), ``subsets`` (1: k random subsets; none exist for M = 2).
+    ``rec_weight`` (1.0, lambda_j, once or per modality), ``beta`` (1.0), ``anneal_steps``
+    (:data:`KL_WARMUP_STEPS` = 300 training steps of linear KL warm-up, Wu & Goodman's annealing factor; 0 = none),
+    ``subsets`` (1: k random subsets; none exist for M = 2).
     Loss terms: ``total``, ``elbo_joint``, ``elbo_<m>``, ``elbo_random`` (M >= 3 and k > 0), ``rec_<m>`` and
-    ``kl`` (summed over all ELBO terms, so ``total = sum_m lambda_m rec_m + beta kl``).
+    ``kl`` (summed over all ELBO terms and unweighted, so ``total = sum_m lambda_m rec_m + beta_t kl`` with
+    ``beta_t`` = :meth:`kl_weight`).
     """
 
     requires_complete = False
@@ -255,7 +275,7 @@ class MVAE(_VAEBase):
     def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]], latent: int = 50,
                  hidden: Sequence[int] | Mapping[str, Sequence[int]] = (500, 500), activation: str = "relu",
                  likelihood: str | Mapping[str, str] = "gaussian", rec_weight: float | Mapping[str, float] = 1.0,
-                 beta: float = 1.0, anneal_steps: int = 0, subsets: int = 1) -> None:
+                 beta: float = 1.0, anneal_steps: int = KL_WARMUP_STEPS, subsets: int = 1) -> None:
         super().__init__(dims)
         self._setup(hidden, latent, activation, likelihood, beta, anneal_steps, "MVAE")
         if int(subsets) < 0:
@@ -367,8 +387,9 @@ class JMVAE(_VAEBase):
     Hyper-parameters: ``latent`` (50), ``hidden`` ((500, 500), or {modality: sizes}; a subset network's layers
     are the element-wise sums of its modalities' sizes), ``activation`` ("relu"), ``likelihood``
     ("gaussian" | "bernoulli", once or per modality), ``alpha`` (0.1), ``beta`` (1.0), ``anneal_steps``
-    (0: no warm-up of the prior KL).
-    Loss terms: ``total``, ``elbo_joint`` (rec + beta KL), ``rec_<m>``, ``kl`` (to the prior), ``kl_<a+b>`` per
+    (:data:`KL_WARMUP_STEPS` = 300 training steps of linear warm-up of the prior KL, Suzuki et al.'s warm-up;
+    0 = none).
+    Loss terms: ``total``, ``elbo_joint`` (rec + beta_t KL), ``rec_<m>``, ``kl`` (to the prior), ``kl_<a+b>`` per
     proper subset (unweighted), ``kl_subsets`` (their sum; ``total = elbo_joint + alpha kl_subsets``).
     """
 
@@ -377,7 +398,7 @@ class JMVAE(_VAEBase):
     def __init__(self, dims: Mapping[str, int | tuple[int, ...] | list[int]], latent: int = 50,
                  hidden: Sequence[int] | Mapping[str, Sequence[int]] = (500, 500), activation: str = "relu",
                  likelihood: str | Mapping[str, str] = "gaussian", alpha: float = 0.1, beta: float = 1.0,
-                 anneal_steps: int = 0) -> None:
+                 anneal_steps: int = KL_WARMUP_STEPS) -> None:
         super().__init__(dims)
         if len(self.dims) > _MAX_JMVAE_MODALITIES:
             raise DataError(f"JMVAE-KL needs 2^M - 1 encoders; {len(self.dims)} modalities would need "
