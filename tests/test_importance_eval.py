@@ -106,3 +106,37 @@ def test_two_means_threshold_finds_the_gap_wherever_it_is() -> None:
     assert two_means_threshold(np.full(5, 0.3)) == 0.5
     with pytest.raises(DataError, match="NaN"):
         two_means_threshold(np.array([0.1, np.nan]))
+
+
+def test_prior_quantile_threshold_detects_the_prior_share() -> None:
+    from commonspace.eval.importance import prior_quantile_threshold
+
+    y = np.array([0.9, 0.1, 0.5, 0.7, 0.3, 0.95, 0.8, 0.6, 0.85, 0.2])
+    t = prior_quantile_threshold(y, 0.8)  # 1 - rho = 20% of 10: the two lowest, 0.1 and 0.2
+    assert t == pytest.approx(0.25) and isinstance(t, float)
+    assert (y < t).sum() == 2
+    assert prior_quantile_threshold(y, 0.75) == pytest.approx(0.4)  # 2.5 -> 3 (half up): 0.1, 0.2, 0.3
+    assert (y < prior_quantile_threshold(y, 1.0)).sum() == 0
+    assert (y < prior_quantile_threshold(y, 0.0)).sum() == 10
+    # the scale does not matter: every value above 0.5, the same items are found
+    assert ((0.9 + 0.1 * y) < prior_quantile_threshold(0.9 + 0.1 * y, 0.8)).sum() == 2
+    cols = prior_quantile_threshold(torch.tensor(np.stack([y, 1 - y], 1)), [0.8, 0.5])
+    assert cols.shape == (2,) and cols[0] == pytest.approx(0.25) and cols[1] == pytest.approx((0.3 + 0.4) / 2)
+    np.testing.assert_allclose(prior_quantile_threshold(np.stack([y, y], 1), 0.9), [0.15, 0.15])
+    with pytest.raises(DataError, match="rho must be in"):
+        prior_quantile_threshold(y, 1.5)
+    with pytest.raises(DataError, match="rho must be in"):
+        prior_quantile_threshold(np.stack([y, y], 1), [0.5, 0.5, 0.5])
+    with pytest.raises(DataError, match="non-empty"):
+        prior_quantile_threshold(np.zeros(0), 0.5)
+
+
+def test_two_means_threshold_columns_match_one_column_at_a_time() -> None:
+    from commonspace.eval.importance import two_means_threshold
+
+    rng = np.random.default_rng(1)
+    y = np.round(rng.random((30, 3)), 1)  # many ties
+    y[:, 2] = 0.4  # a constant column: no cut, 0.5
+    cols = two_means_threshold(y)
+    assert cols.tolist() == [two_means_threshold(y[:, j]) for j in range(3)] and cols[2] == 0.5
+    assert two_means_threshold(np.array([0.7])) == 0.5

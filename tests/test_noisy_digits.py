@@ -123,6 +123,56 @@ def test_pairing_keeps_splits_apart():
     assert np.array_equal(np.sort(np.concatenate([d.split("train"), d.split("test")])), np.arange(len(d)))
 
 
+def test_reuse_split_pairs_every_image_and_reuses_utterances_evenly():
+    img, iy, sp, sy = _pools(n_img=(50, 50), n_sp=(40, 40))
+    isp = {"train": np.r_[0:30, 50:80], "test": np.r_[30:50, 80:100]}
+    ssp = {"train": np.r_[0:25, 40:65], "test": np.r_[25:32, 65:71]}  # 7 and 6 test utterances
+    base = nd.build_noisy_pairs(img, iy, sp, sy, R=0.1, seed=5, image_splits=isp, speech_splits=ssp)
+    kw = dict(R=0.1, seed=5, image_splits={**isp, "test_paper": isp["test"]},
+              speech_splits={"test_paper": ssp["test"], **ssp})  # listed first: still placed last
+    d = nd.build_noisy_pairs(img, iy, sp, sy, reuse_speech={"test_paper"}, **kw)
+    # the other splits are bit-identical to a build without the reuse split (own streams, placed last)
+    n0 = len(base)
+    assert np.array_equal(d.split("test_paper").numpy(), np.arange(n0, len(d)))
+    for m in d.modalities:
+        assert np.array_equal(d.features[m][:n0], base.features[m])
+    assert np.array_equal(d.labels[:n0], base.labels)
+    assert all(np.array_equal(d.split(s), base.split(s)) for s in ("train", "test"))
+    # every test image once (N = 20 per class > 7 / 6 utterances), k = 2 noise pairs each way per class
+    rows = d.split("test_paper").numpy()
+    y, ir, sr = d.labels.numpy()[rows], d.meta["image_rows"][rows], d.meta["speech_rows"][rows]
+    assert len(rows) == 2 * 22 and d.meta["n_per_class"]["test_paper"] == {0: 20, 1: 20}
+    assert np.array_equal(np.sort(ir[ir >= 0]), np.sort(isp["test"]))
+    assert np.array_equal(iy[ir[ir >= 0]], y[ir >= 0]) and np.array_equal(sy[sr[sr >= 0]], y[sr >= 0])  # in class
+    for c, pool, uses in ((0, ssp["test"][:7], (2, 3)), (1, ssp["test"][7:], (3, 4))):  # 20 = 7*2+6 = 6*3+2
+        u, n = np.unique(sr[(sr >= 0) & (y == c)], return_counts=True)
+        assert np.array_equal(u, pool) and set(n) == set(uses) and n.sum() == 20
+    assert [((ir < 0) & (y == c)).sum() for c in (0, 1)] == [2, 2]
+    assert d.meta["reuse_speech"] == ["test_paper"]
+    again = nd.build_noisy_pairs(img, iy, sp, sy, reuse_speech={"test_paper"}, **kw)
+    assert all(np.array_equal(again.features[m], d.features[m]) for m in d.modalities)
+    assert np.array_equal(again.meta["speech_rows"], d.meta["speech_rows"])
+    other = nd.build_noisy_pairs(img, iy, sp, sy, reuse_speech={"test_paper"}, **{**kw, "seed": 6})
+    assert not np.array_equal(other.meta["speech_rows"][-len(rows):], sr)
+    # without reuse the split is limited by the scarcer side
+    plain = nd.build_noisy_pairs(img, iy, sp, sy, **kw)
+    assert plain.meta["n_per_class"]["test_paper"] == {0: 7, 1: 6}
+    with pytest.raises(DataError, match="not splits here"):
+        nd.build_noisy_pairs(img, iy, sp, sy, reuse_speech={"tset"}, **kw)
+    with pytest.raises(DataError, match="utterances reused"):
+        nd.build_noisy_pairs(img, iy, sp, sy, reuse_speech={"test_paper"}, n_per_class={"test_paper": 21}, **kw)
+
+
+def test_reuse_without_splits_and_no_reuse_needed():
+    img, iy, sp, sy = _pools(n_img=(30, 40), n_sp=(25, 35))
+    d = nd.build_noisy_pairs(img, iy, sp, sy, R=0.0, reuse_speech=True)
+    assert d.meta["n_per_class"] == {"all": {0: 30, 1: 40}} and d.meta["reuse_speech"] == ["all"]
+    sr, y = d.meta["speech_rows"], d.labels.numpy()
+    assert np.array_equal(np.unique(sr[y == 1]), np.arange(25, 60))  # 40 draws over 35 utterances: all used
+    small = nd.build_noisy_pairs(img, iy, sp, sy, R=0.0, n_per_class=10, reuse_speech=True)
+    assert all(np.unique(small.meta["speech_rows"][small.labels.numpy() == c]).size == 10 for c in (0, 1))
+
+
 # ----------------------------------------------------------------- builtins
 
 
@@ -185,6 +235,31 @@ def test_noisy_digits_full_size(monkeypatch):
     assert len(e) == 3 * 10 * 24 and e.meta["R"] == 0.2
 
 
+def test_noisy_digits_paper_test_split(monkeypatch):
+    """``paper_test``: every MNIST-5k test image paired once, utterances reused within class; rest unchanged."""
+    def fake(n_per_digit=500, seed=0, cache=True):
+        rng = np.random.default_rng(0)
+        return rng.normal(size=(10 * n_per_digit, 696)).astype(np.float32), np.repeat(np.arange(10), n_per_digit), {}
+
+    monkeypatch.setattr(nd, "synthetic_speech_features", fake)
+    plain = builtin.load("noisy-digits", speech_per_digit=100)  # 30 test utterances per digit
+    d = builtin.load("noisy-digits", speech_per_digit=100, paper_test=True)
+    n0 = len(plain)
+    assert {s: len(i) for s, i in d.splits.items()} == {**{s: len(i) for s, i in plain.splits.items()},
+                                                         "test_paper": 1650}
+    assert all(np.array_equal(d.features[m][:n0], plain.features[m]) for m in d.modalities)
+    rows = d.split(nd.PAPER_TEST).numpy()
+    y, ir, sr = d.labels.numpy()[rows], d.meta["image_rows"][rows], d.meta["speech_rows"][rows]
+    mn = mnist5k()
+    assert np.array_equal(np.sort(ir[ir >= 0]), np.sort(mn.split("test").numpy()))  # each test image once
+    st = d.meta["speech_rows"][d.split("test").numpy()]
+    test_utts = set(st[st >= 0].tolist())
+    assert set(sr[sr >= 0].tolist()) == test_utts and len(test_utts) == 300  # only (all) test utterances
+    assert set(np.unique(sr[sr >= 0], return_counts=True)[1]) == {5}  # 150 images / 30 utterances
+    assert np.array_equal(np.bincount(y), np.full(10, 165))
+    assert (d.meta["noise_image"][rows].sum(), d.meta["noise_speech"][rows].sum()) == (150, 150)
+
+
 def test_unavailable_synthesiser_is_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv(synth.LIB_ENV, str(tmp_path / "missing.so"))
@@ -210,6 +285,16 @@ def test_noisy_digits_fsdd(shared_data):
     tr = d.split("train").numpy()
     assert (takes[sr[tr][~ns[tr]]] >= 5).all()
     assert np.array_equal(labels[sr[~ns]], d.labels.numpy()[~ns])
+    # the paper-scale split: all 1500 test images, each FSDD test recording of the digit used 5 times
+    p = builtin.load("noisy-digits-fsdd", root=root, paper_test=True)
+    assert all(np.array_equal(p.features[m][:len(d)], d.features[m]) for m in d.modalities)
+    rows = p.split(nd.PAPER_TEST).numpy()
+    sr, ir, y = p.meta["speech_rows"][rows], p.meta["image_rows"][rows], p.labels.numpy()[rows]
+    assert len(rows) == 1650 and np.array_equal(np.bincount(y), np.full(10, 165))
+    assert np.array_equal(np.sort(ir[ir >= 0]), np.sort(mn.split("test").numpy()))
+    u, n = np.unique(sr[sr >= 0], return_counts=True)
+    assert u.size == 300 and (takes[u] < 5).all() and set(n) == {5}
+    assert np.array_equal(labels[sr[sr >= 0]], y[sr >= 0])
 
 
 def test_fsdd_variant_unavailable(tmp_path, monkeypatch):

@@ -2,6 +2,10 @@
 
 The noise class is the positive class (the IMA paper's Figure 6: "positive indicates presence of noise"): a
 sample is predicted noise when its importance is below ``threshold`` (0.5 by default, the sigmoid's middle).
+Eq. 4 fixes only the batch mean of ``y`` (through rho), so 0.5 is not a property of the model: besides the
+threshold-free :func:`noise_detection_auc`, two label-free thresholds are fitted on held-out importances,
+:func:`two_means_threshold` (the gap between two groups) and :func:`prior_quantile_threshold` (the lowest
+``1 - rho`` share, Sec. 5.1's "rho ... control[s] the proportion of samples detected as uncorrelated noise").
 Everything is vectorised over samples, modalities (columns) and thresholds.
 """
 
@@ -15,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 from commonspace.data.dataset import DataError
 from commonspace.eval.probe import _np
 
-__all__ = ["noise_detection_auc", "noise_detection_scores", "two_means_threshold"]
+__all__ = ["noise_detection_auc", "noise_detection_scores", "prior_quantile_threshold", "two_means_threshold"]
 
 
 def _checked(importance: object, is_noise: object, mask: object | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,32 +93,59 @@ def noise_detection_auc(importance: object, is_noise: object, mask: object | Non
     return float(out[0]) if y.ndim == 1 else out
 
 
+def _columns(importance: object) -> tuple[np.ndarray, bool]:
+    """((N, M) float64 importances, whether the input was (N,)) of a non-empty array without NaN, or a DataError."""
+    y = _np(importance, "importance").astype(np.float64, copy=False)
+    if y.ndim not in (1, 2) or y.shape[0] == 0:
+        raise DataError(f"importance must be a non-empty (N,) or (N, M) array, got shape {y.shape}")
+    if np.isnan(y).any():
+        raise DataError("importance contains NaN")
+    return y.reshape(y.shape[0], -1), y.ndim == 1
+
+
+def prior_quantile_threshold(importance: object, rho: float | Sequence[float]) -> float | np.ndarray:
+    """A label-free threshold from the prior: the cut below which the lowest ``round((1 - rho) N)`` values fall.
+
+    Sec. 5.1: "rho_j ... can be adjusted to control the proportion of samples detected as uncorrelated noise";
+    this rule detects exactly that proportion of the importances it is fitted on (the validation split),
+    whatever their scale. The cut lies midway between the last value inside and the first outside (ties may move
+    a few items); with nothing to detect it is the minimum (``y < cut`` holds for none), with everything just
+    above the maximum. ``rho``: one value or one per column. (N,) gives a float, (N, M) one threshold per column.
+    """
+    cols, flat = _columns(importance)
+    n, m = cols.shape
+    r = np.asarray(rho, dtype=np.float64).reshape(-1)
+    r = np.full(m, r[0]) if r.size == 1 else r
+    if r.shape != (m,) or np.isnan(r).any() or ((r < 0) | (r > 1)).any():
+        raise DataError(f"rho must be in [0, 1], one value or one per column ({m}); got {rho!r}")
+    v = np.sort(cols, axis=0)
+    k = np.clip(np.floor((1.0 - r) * n + 0.5).astype(np.int64), 0, n)  # rounded half up, as the pairing's N*R
+    j = np.arange(m)
+    inside, outside = v[np.clip(k - 1, 0, n - 1), j], v[np.clip(k, 0, n - 1), j]
+    out = np.where(k == 0, v[0], np.where(k == n, np.nextafter(v[-1], np.inf), 0.5 * (inside + outside)))
+    return float(out[0]) if flat else out
+
+
 def two_means_threshold(importance: object) -> float | np.ndarray:
     """A label-free threshold: the cut that splits the importances into two groups with the least within-group
     variance (Otsu's rule, exact 1-D 2-means), placed midway between the two values either side of the cut.
 
     Eq. 4's prior fixes only the batch *mean* of ``y``, not where noise and signal sit, so a network can rank
     noise perfectly below signal with every ``y`` above 0.5; this threshold follows the gap wherever it is.
-    Fit it on training importances and pass it to :func:`noise_detection_scores`. (N,) gives a float, (N, M) one
-    threshold per column. Fewer than two distinct values give 0.5.
+    Fit it on held-out (validation) importances, no labels needed, and pass it to
+    :func:`noise_detection_scores`. (N,) gives a float, (N, M) one threshold per column. Fewer than two distinct
+    values give 0.5. Otsu's cut leans toward the larger group when the groups differ much in size or spread.
     """
-    y = _np(importance, "importance").astype(np.float64, copy=False)
-    if y.ndim not in (1, 2) or y.shape[0] == 0:
-        raise DataError(f"importance must be a non-empty (N,) or (N, M) array, got shape {y.shape}")
-    if np.isnan(y).any():
-        raise DataError("importance contains NaN")
-    cols = y.reshape(y.shape[0], -1)
-    out = np.empty(cols.shape[1])
-    n = cols.shape[0]
-    k = np.arange(1, n)  # the first k sorted values form the low group
-    for j in range(cols.shape[1]):
-        v = np.sort(cols[:, j])
-        if v[0] == v[-1]:
-            out[j] = 0.5
-            continue
-        c = np.cumsum(v)[:-1]
-        between = (c / k - (v.sum() - c) / (n - k)) ** 2 * k * (n - k)  # n^2 x between-group variance
+    cols, flat = _columns(importance)
+    n, m = cols.shape
+    out = np.full(m, 0.5)
+    if n > 1:
+        v = np.sort(cols, axis=0)
+        k = np.arange(1, n, dtype=np.float64)[:, None]  # the first k sorted values form the low group
+        c = np.cumsum(v, axis=0)[:-1]
+        between = (c / k - (v.sum(0) - c) / (n - k)) ** 2 * k * (n - k)  # n^2 x between-group variance
         between[v[1:] == v[:-1]] = -1.0  # a cut must fall between two different values
-        i = int(np.argmax(between))
-        out[j] = 0.5 * (v[i] + v[i + 1])
-    return float(out[0]) if y.ndim == 1 else out
+        i = np.argmax(between, axis=0)
+        j = np.arange(m)
+        out = np.where(v[0] == v[-1], 0.5, 0.5 * (v[i, j] + v[i + 1, j]))
+    return float(out[0]) if flat else out

@@ -7,7 +7,9 @@ class, not by instance. ``meta["noise_image"]`` / ``meta["noise_speech"]`` mark 
 truth of the importance-detection experiment.
 
 Builtins: ``noisy-digits`` (MNIST-5k + eSpeak NG speech, offline) and ``noisy-digits-fsdd`` (MNIST-5k + FSDD
-recordings, needs a local FSDD copy).
+recordings, needs a local FSDD copy). ``paper_test=True`` adds the split ``test_paper``: every test image paired
+once, utterances reused within their class when there are fewer (the paper's test set pairs all of MNIST's test
+images, Sec. 4 and 6.2); the other splits stay bit-identical.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -30,7 +32,8 @@ from commonspace.data.dataset import DataError, MultimodalDataset
 from commonspace.data.features import synth
 from commonspace.data.features.audio import mfcc, utterance_mfcc, window_samples
 
-__all__ = ["build_noisy_pairs", "cache_dir", "load_noisy_digits", "load_noisy_digits_fsdd", "noisy_pairing",
+__all__ = ["PAPER_TEST", "build_noisy_pairs", "cache_dir", "load_noisy_digits", "load_noisy_digits_fsdd",
+           "noisy_pairing",
            "sparse_gaussian_images", "speech_features", "synthetic_speech_features", "white_noise_speech",
            "white_noise_waveforms"]
 
@@ -40,6 +43,8 @@ SPEECH_RATE, NOISE_SECONDS, NOISE_SD = 12_500, 1.0, 1.0  # A.1.2
 SYNTH_SEED = 0
 SPEECH_PER_DIGIT = 500
 CACHE_FORMAT = 1
+#: split added by ``paper_test=True``: every test image paired once, utterances reused within class
+PAPER_TEST = "test_paper"
 PAIRING = ("paired by class, not by instance: an image and an utterance share only the digit label (IMA "
            "MNIST-TIDIGITS protocol); per class and split N*R (image, speech noise), N*R (image noise, speech) and "
            "N*(1-R) clean pairs, every pair labelled with the digit; meta['noise_image'] / meta['noise_speech'] "
@@ -110,15 +115,25 @@ def _split_rows(n: int, splits: Mapping[str, np.ndarray] | None) -> dict[str, np
     return {"all": np.arange(n)} if splits is None else {s: np.asarray(r, dtype=np.int64) for s, r in splits.items()}
 
 
+def _reused(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` draws from ``pool``, each item used ``n // len(pool)`` or one more time (which ones get the extra
+    use is drawn at random), in random order; ``n <= len(pool)`` is a draw without replacement."""
+    reps, extra = divmod(n, pool.size)
+    return rng.permutation(np.concatenate([np.tile(pool, reps), rng.choice(pool, extra, replace=False)]))
+
+
 def noisy_pairing(image_labels: np.ndarray, speech_labels: np.ndarray, n_per_class: int | None, R: float,
                   rng: np.random.Generator, image_pool: np.ndarray | None = None,
-                  speech_pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  speech_pool: np.ndarray | None = None,
+                  reuse_speech: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices of one pool of pairs: (image_rows, speech_rows, labels), -1 where that side is noise.
 
     Per class ``c``: ``N`` = ``n_per_class`` (None: the smaller of the class's image and utterance counts in the
     pools) images and utterances drawn without replacement; ``k = N R`` (rounded half up) images get speech noise,
     ``k`` utterances get image noise, and the other ``N - k`` images and utterances are paired at random.
-    Rows come out shuffled (not sorted by class).
+    ``reuse_speech``: ``N`` may exceed the class's utterances (None: every image of the class), which are then
+    reused within the class as evenly as possible (each ``N // n`` or ``N // n + 1`` times); images are still
+    drawn without replacement. Rows come out shuffled (not sorted by class).
     """
     if not 0.0 <= R <= 1.0:
         raise DataError(f"noise factor R must be in [0, 1], got {R}")
@@ -128,14 +143,17 @@ def noisy_pairing(image_labels: np.ndarray, speech_labels: np.ndarray, n_per_cla
     img, sp, lab = [], [], []
     for c in np.union1d(image_labels[ipool], speech_labels[spool]):
         ic, sc = ipool[image_labels[ipool] == c], spool[speech_labels[spool] == c]
-        n = min(ic.size, sc.size) if n_per_class is None else int(n_per_class)
-        if n > min(ic.size, sc.size):
+        most = (ic.size if sc.size else 0) if reuse_speech else min(ic.size, sc.size)
+        n = most if n_per_class is None else int(n_per_class)
+        if n > most:
+            what = "images (utterances reused)" if reuse_speech else "images and utterances"
             raise DataError(f"class {c}: n_per_class={n} but only {ic.size} images and {sc.size} utterances are "
-                            "available; lower n_per_class or pass None (use all)")
+                            f"available; at most {most} {what}: lower n_per_class or pass None (use all)")
         if n == 0:
             continue
         k = int(np.floor(n * R + 0.5))  # N*R rounded half up (Python's round would take 2.5 to 2)
-        ii, ss = rng.choice(ic, n, replace=False), rng.choice(sc, n, replace=False)
+        ii = rng.choice(ic, n, replace=False)
+        ss = _reused(sc, n, rng) if reuse_speech else rng.choice(sc, n, replace=False)
         none = np.full(k, -1, dtype=np.int64)
         # (image, speech noise), (image noise, speech), clean pairs
         img.append(np.concatenate([ii[:k], none, ii[k:]]))
@@ -162,6 +180,7 @@ def build_noisy_pairs(
     name: str = "noisy-pairs",
     class_names: list[str] | None = None,
     meta: dict | None = None,
+    reuse_speech: bool | Collection[str] = False,
 ) -> MultimodalDataset:
     """The IMA noisy pairing of image features and speech features as a dataset with modalities ``image``
     and ``speech``; labels = the class of the real side of every pair.
@@ -173,9 +192,12 @@ def build_noisy_pairs(
     limited by the scarcer modality). ``image_noise_fn(n, rng)`` / ``speech_noise_fn(n, rng)`` return ``n`` noise
     feature rows of the image / speech width (defaults: A.1.1 sparse Gaussian images, A.1.2 white-noise MFCCs).
     ``seed`` drives the draw, the pairing and the noise (separate streams, so a different noise function leaves
-    the pairing unchanged). ``meta`` gets: the pairing statement, ``R``, ``N`` per split and class, and numpy
-    arrays aligned with rows: ``noise_image`` / ``noise_speech`` (bool) and ``image_rows`` / ``speech_rows``
-    (source row, -1 for noise).
+    the pairing unchanged). ``reuse_speech``: True, or the names of the splits (``"all"`` without splits), whose
+    pairs reuse utterances within class (:func:`noisy_pairing`; ``N`` defaults to every image there). Those
+    splits come last in row order and draw their pairing and noise from their own streams, so adding one leaves
+    every other split bit-identical. ``meta`` gets: the pairing statement, ``R``, ``N`` per split and class, the
+    reuse splits, and numpy arrays aligned with rows: ``noise_image`` / ``noise_speech`` (bool) and
+    ``image_rows`` / ``speech_rows`` (source row, -1 for noise).
     """
     images, speech = np.asarray(images, dtype=np.float32), np.asarray(speech, dtype=np.float32)
     image_labels, speech_labels = np.asarray(image_labels, dtype=np.int64), np.asarray(speech_labels, dtype=np.int64)
@@ -187,12 +209,18 @@ def build_noisy_pairs(
     ipools, spools = _split_rows(images.shape[0], image_splits), _split_rows(speech.shape[0], speech_splits)
     if set(ipools) != set(spools):
         raise DataError(f"image_splits {sorted(ipools)} and speech_splits {sorted(spools)} must name the same splits")
-    pair_rng, inoise_rng, snoise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    reuse = set(ipools) if reuse_speech is True else set() if reuse_speech is False else set(reuse_speech)
+    if not reuse <= set(ipools):
+        raise DataError(f"reuse_speech names {sorted(reuse - set(ipools))}, not splits here ({sorted(ipools)})")
+    # streams 0-2: pairing, image noise, speech noise of the ordinary splits (as before reuse existed);
+    # 3-5: the same for the reuse splits, so adding one changes nothing else
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
     rows_i, rows_s, labels, splits, n_used = [], [], [], {}, {}
     start = 0
-    for s in ipools:
+    for s in [s for s in ipools if s not in reuse] + [s for s in ipools if s in reuse]:
         n = n_per_class.get(s) if isinstance(n_per_class, Mapping) else n_per_class
-        ii, ss, yy = noisy_pairing(image_labels, speech_labels, n, R, pair_rng, ipools[s], spools[s])
+        ii, ss, yy = noisy_pairing(image_labels, speech_labels, n, R, rngs[3 if s in reuse else 0], ipools[s],
+                                   spools[s], reuse_speech=s in reuse)
         rows_i.append(ii)
         rows_s.append(ss)
         labels.append(yy)
@@ -201,18 +229,24 @@ def build_noisy_pairs(
         n_used[s] = {int(c): int(((yy == c) & (ii >= 0)).sum()) for c in np.unique(yy)}
     img_rows, sp_rows, y = np.concatenate(rows_i), np.concatenate(rows_s), np.concatenate(labels)
     noise_i, noise_s = img_rows < 0, sp_rows < 0
+    in_reuse = np.zeros(y.size, bool)
+    for s in reuse:
+        in_reuse[splits[s]] = True
     x_img = np.empty((y.size, images.shape[1]), np.float32)
     x_sp = np.empty((y.size, speech.shape[1]), np.float32)
     x_img[~noise_i] = images[img_rows[~noise_i]]
     x_sp[~noise_s] = speech[sp_rows[~noise_s]]
-    for what, x, noise, fn, rng in (("image", x_img, noise_i, image_noise_fn, inoise_rng),
-                                    ("speech", x_sp, noise_s, speech_noise_fn, snoise_rng)):
-        z = np.asarray(fn(int(noise.sum()), rng), dtype=np.float32)
-        if z.shape != (int(noise.sum()), x.shape[1]):
-            raise DataError(f"{what}_noise_fn returned shape {z.shape}; expected ({int(noise.sum())}, {x.shape[1]})")
-        x[noise] = z
+    for what, x, noise, fn, j in (("image", x_img, noise_i, image_noise_fn, 1),
+                                  ("speech", x_sp, noise_s, speech_noise_fn, 2)):
+        for rows, rng in ((noise & ~in_reuse, rngs[j]), (noise & in_reuse, rngs[j + 3])):
+            z = np.asarray(fn(int(rows.sum()), rng), dtype=np.float32)
+            if z.shape != (int(rows.sum()), x.shape[1]):
+                raise DataError(f"{what}_noise_fn returned shape {z.shape}; expected ({int(rows.sum())}, "
+                                f"{x.shape[1]})")
+            x[rows] = z
     info = {"pairing": PAIRING, "R": float(R), "pairing_seed": int(seed), "n_per_class": n_used,
-            "noise_image": noise_i, "noise_speech": noise_s, "image_rows": img_rows, "speech_rows": sp_rows}
+            "reuse_speech": sorted(reuse), "noise_image": noise_i, "noise_speech": noise_s, "image_rows": img_rows,
+            "speech_rows": sp_rows}
     return MultimodalDataset({"image": x_img, "speech": x_sp}, None, y, {} if image_splits is None else splits,
                              name, class_names, dict(meta or {}) | info)
 
@@ -281,41 +315,55 @@ def _mnist() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     return mn.features["image"].numpy(), mn.labels.numpy(), {s: mn.split(s).numpy() for s in ("train", "val", "test")}
 
 
-def load_noisy_digits(seed: int = 0, R: float = NOISE_FACTOR, n_per_class: int | None = None,
-                      cache: bool = True, speech_per_digit: int = SPEECH_PER_DIGIT) -> MultimodalDataset:
+def _with_paper_test(isplits: dict[str, np.ndarray], ssplits: dict[str, np.ndarray],
+                     paper_test: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], set[str]]:
+    """The splits plus, when ``paper_test``, :data:`PAPER_TEST` over the test images and test utterances."""
+    if not paper_test:
+        return isplits, ssplits, set()
+    return ({**isplits, PAPER_TEST: isplits["test"]}, {**ssplits, PAPER_TEST: ssplits["test"]}, {PAPER_TEST})
+
+
+def load_noisy_digits(seed: int = 0, R: float = NOISE_FACTOR, n_per_class: int | Mapping[str, int | None] | None = None,
+                      cache: bool = True, speech_per_digit: int = SPEECH_PER_DIGIT,
+                      paper_test: bool = False) -> MultimodalDataset:
     """MNIST-5k ``image`` (784 pixels in [0, 1]) + eSpeak NG ``speech`` (696 raw MFCC values), IMA noisy pairing.
 
     ``speech_per_digit`` synthesised utterances per digit (default 500, as many as MNIST-5k's images; fixed
     synthesis seed, cached) are split 60/10/30 like MNIST-5k's images; split ``s`` pairs only images and
-    utterances of split ``s``. ``seed`` drives pairing and noise; ``n_per_class`` = N per class and split
-    (None: all available, 300 / 50 / 150 with the default speech pool).
+    utterances of split ``s``. ``seed`` drives pairing and noise; ``n_per_class`` = N per class and split (one
+    int or a split -> int mapping; None: all available, 300 / 50 / 150 with the default speech pool).
+    ``paper_test`` adds the split ``test_paper``: every test image (150 per class; ``n_per_class`` may cap it)
+    paired once with a test utterance of its digit, reused within class when there are fewer.
     """
     img, iy, isplits = _mnist()
     sp, sy, smeta = synthetic_speech_features(speech_per_digit, cache=cache)
-    ssplits = carve(sy, MNIST_FRACTIONS)
+    isplits, ssplits, reuse = _with_paper_test(isplits, carve(sy, MNIST_FRACTIONS), paper_test)
     meta = NOISY.meta() | {"speech_source": smeta.get("engine", "eSpeak NG"), "speech_synthesis": {
         k: smeta.get(k) for k in ("seed", "voices", "speed_range", "pitch_range", "intonation_range", "native_rate")},
         "speech_per_digit": speech_per_digit, "speech_cache": smeta.get("cache"), "speech_rate": SPEECH_RATE,
         "speech_features": _SPEECH_DOC, "image_features": "pixel / 255"}
     return build_noisy_pairs(img, iy, sp, sy, n_per_class, R, seed, image_splits=isplits, speech_splits=ssplits,
-                             name=NOISY.name, class_names=[str(i) for i in range(10)], meta=meta)
+                             name=NOISY.name, class_names=[str(i) for i in range(10)], meta=meta, reuse_speech=reuse)
 
 
 def load_noisy_digits_fsdd(root: str | os.PathLike | None = None, seed: int = 0, R: float = NOISE_FACTOR,
-                           n_per_class: int | None = None) -> MultimodalDataset:
+                           n_per_class: int | Mapping[str, int | None] | None = None,
+                           paper_test: bool = False) -> MultimodalDataset:
     """MNIST-5k ``image`` + FSDD recordings as ``speech`` (696 raw MFCC values), IMA noisy pairing.
 
     FSDD's official split (takes 0-4 test; val = 10% of train) meets MNIST-5k's split of the same name, so
     test pairs hold only test images and test recordings. None for ``n_per_class``: 243 / 27 / 30 per class.
+    ``paper_test`` adds the split ``test_paper``: all 150 test images per class, each paired once with one of
+    the class's 30 test recordings (each recording used 5 times) -> 165 pairs per class.
     """
     waves, rate, sy, speakers, takes, paths = fsdd.load_fsdd_waveforms(root)
-    ssplits = fsdd.fsdd_splits(sy, takes)
     img, iy, isplits = _mnist()
+    isplits, ssplits, reuse = _with_paper_test(isplits, fsdd.fsdd_splits(sy, takes), paper_test)
     meta = NOISY_FSDD.meta() | {"path": str(paths[0].parent), "speech_rate": SPEECH_RATE,
                                 "speech_features": _SPEECH_DOC, "image_features": "pixel / 255"}
     return build_noisy_pairs(img, iy, speech_features(waves, rate), sy, n_per_class, R, seed, image_splits=isplits,
                              speech_splits=ssplits, name=NOISY_FSDD.name, class_names=[str(i) for i in range(10)],
-                             meta=meta)
+                             meta=meta, reuse_speech=reuse)
 
 
 def _espeak_found() -> Path | None:
@@ -332,7 +380,10 @@ _CITE_IMA = ("IMA: Importance-based Multimodal Autoencoder (Sections 4 and A.1: 
              "Proc. IEEE 86(11), 1998")
 _OPTS = {"seed": "seed of the pairing and of the synthetic noise (default 0)",
          "R": f"noise factor R in [0, 1] (default {NOISE_FACTOR})",
-         "n_per_class": "N images and N utterances per class and split (default None: all available)"}
+         "n_per_class": "N images and N utterances per class and split, or a split -> N mapping (default None: "
+                        "all available)",
+         "paper_test": "add the split 'test_paper': every test image paired once, utterances reused within class "
+                       "(the paper's test-set scale; default False)"}
 NOISY = Info(
     name="noisy-digits",
     description="MNIST-5k image + eSpeak-synthesised spoken digit (696-d MFCC) with IMA synthetic noise pairs "
