@@ -12,7 +12,7 @@ from rich.console import Console
 from commonspace.bench.runner import BenchContext, available_specs, run_spec
 from commonspace.bench.specs import ima as ima_spec
 from commonspace.data import DataError
-from commonspace.eval.retrieval import retrieval_metrics
+from commonspace.eval.retrieval import precision_ceiling, retrieval_metrics
 
 
 def test_ima_spec_registered():
@@ -21,20 +21,20 @@ def test_ima_spec_registered():
 
 def test_precision_ceiling_by_hand():
     y = np.array([0, 0, 0, 1, 1, 2])
-    c = ima_spec.precision_ceiling(y, ks=(3, 10))
+    c = precision_ceiling(y, ks=(3, 10))
     # R = other items of the class: 2, 2, 2, 1, 1, 0 (class 2 has no other item: NaN, left out like
     # retrieval_metrics' excluded queries); K = 10 is capped at the 5 other items
     np.testing.assert_allclose(c["p@3"], [2 / 3, 2 / 3, 2 / 3, 1 / 3, 1 / 3, np.nan])
     np.testing.assert_allclose(c["p@10"], [2 / 5, 2 / 5, 2 / 5, 1 / 5, 1 / 5, np.nan])
     assert np.nanmean(c["p@3"]) == pytest.approx((3 * 2 / 3 + 2 * 1 / 3) / 5)
     # a separate database: nothing excluded; a query class absent from it has no ceiling
-    d = ima_spec.precision_ceiling(np.array([0, 1, 3]), ks=(2,), db_labels=np.array([0, 0, 0, 1]))
+    d = precision_ceiling(np.array([0, 1, 3]), ks=(2,), db_labels=np.array([0, 0, 0, 1]))
     np.testing.assert_allclose(d["p@2"], [1.0, 0.5, np.nan])
     # FSDD's test split: 33 pairs per class -> 32 relevant others, P@50 <= 0.64, P@10 <= 1
-    fsdd = ima_spec.precision_ceiling(np.repeat(np.arange(10), 33))
+    fsdd = precision_ceiling(np.repeat(np.arange(10), 33))
     assert np.allclose(fsdd["p@50"], 32 / 50) and np.allclose(fsdd["p@10"], 1.0)
     with pytest.raises(DataError):
-        ima_spec.precision_ceiling(np.array([], dtype=int))
+        precision_ceiling(np.array([], dtype=int))
 
 
 def test_precision_ceiling_is_what_a_perfect_embedding_scores():
@@ -44,7 +44,7 @@ def test_precision_ceiling_is_what_a_perfect_embedding_scores():
     e = torch.eye(4, dtype=torch.float64)[torch.as_tensor(y)] * 10
     r = retrieval_metrics(e, e, torch.as_tensor(y), torch.as_tensor(y), ks=(5, 20), metric="euclidean",
                           exclude_self=True)
-    c = ima_spec.precision_ceiling(y, ks=(5, 20))
+    c = precision_ceiling(y, ks=(5, 20))
     assert r["p@5"] == pytest.approx(np.nanmean(c["p@5"])) and r["p@20"] == pytest.approx(np.nanmean(c["p@20"]))
     assert np.nanmean(c["p@20"]) < 1.0  # classes of ~14 items cannot fill 20 ranks
 

@@ -90,10 +90,9 @@ class CommonSpace:
         # n_classes and the like come from the data when the caller did not give them
         self.model_ = create_for_data(self.model_name, data, init_seed=int(self.train_kwargs.get("seed", 0)),
                                       **self.hparams)
-        if self.standardize and all(len(d) == 1 for d in data.dims.values()):
-            skip = self.model_.unscaled_modalities()  # Bernoulli probabilities and word counts keep their scale
-            if set(skip) != set(data.modalities):
-                self.standardizer_ = Standardizer().fit(data, "train", skip=skip)
+        if self.standardize:  # Bernoulli probabilities and word counts keep their scale
+            self.standardizer_ = Standardizer.for_vectors(data, "train", skip=self.model_.unscaled_modalities())
+            if self.standardizer_ is not None:
                 data = self.standardizer_.transform(data)
         cfg = TrainConfig.for_model(self.model_, **self.train_kwargs)
         trainer = Trainer(self.model_, cfg, standardizer=self.standardizer_)

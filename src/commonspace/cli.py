@@ -197,13 +197,10 @@ def train(
         hparams = _parse_sets(set_)
         ds, notes = _read_data(data, _split_list(modalities), data_root, seed)
         m = create_for_data(model, ds, init_seed=seed, **hparams)  # seeded: same seed, same weights
-        std = None
-        if standardize and ds.features and all(len(d) == 1 for d in ds.dims.values()):
-            # Bernoulli probabilities and word counts keep their own scale
-            skip = m.unscaled_modalities()
-            if set(skip) != set(ds.modalities):
-                std = Standardizer().fit(ds, "train", skip=skip)
-                ds = std.transform(ds)
+        # Bernoulli probabilities and word counts keep their own scale
+        std = Standardizer.for_vectors(ds, "train", skip=m.unscaled_modalities()) if standardize else None
+        if std is not None:
+            ds = std.transform(ds)
         overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                                        "patience": patience}.items() if v is not None}
         cfg = TrainConfig.for_model(m, seed=seed, out_dir=out_dir, progress=progress, **overrides)

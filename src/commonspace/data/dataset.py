@@ -396,6 +396,17 @@ class Standardizer:
         self.mean: dict[str, Tensor] = {}
         self.std: dict[str, Tensor] = {}
 
+    @classmethod
+    def for_vectors(cls, data: MultimodalDataset, split: str = "train",
+                    skip: Sequence[str] = ()) -> Standardizer | None:
+        """Fitted on ``split`` when every modality is a feature vector, leaving ``skip`` alone; None when there
+        is nothing to standardise (image-shaped features, or every modality skipped)."""
+        if not data.features or not all(len(d) == 1 for d in data.dims.values()):
+            return None
+        if set(data.modalities) <= set(skip):
+            return None
+        return cls().fit(data, split, skip=skip)
+
     def fit(self, data: MultimodalDataset, split: str | None = "train",
             skip: Sequence[str] = ()) -> Standardizer:
         """Fit on ``split``; modalities in ``skip`` (read on their own scale, e.g. counts) are left as they are."""

@@ -97,16 +97,29 @@ def _standardize(train: np.ndarray, *others: np.ndarray | None) -> list[np.ndarr
     return [sc.transform(train)] + [None if o is None else sc.transform(o) for o in others]
 
 
-def _check_inputs(train_x, train_y, test_x, test_y, val):
-    """Validate train/test(/val) features and targets of one kind; returns them and ``multi``."""
+def _check_train(train_x, train_y, val):
+    """Validate train(/val) features and targets; returns them and ``multi``."""
     xtr, ytr = _check_xy(train_x, train_y, "train")
-    xte, yte = _check_xy(test_x, test_y, "test", xtr.shape[1])
     xva = yva = None
     if val is not None:
         xva, yva = _check_xy(val[0], val[1], "val", xtr.shape[1])
-    multi = ytr.ndim == 2
-    if yte.ndim != ytr.ndim or (yva is not None and yva.ndim != ytr.ndim):
+        if yva.ndim != ytr.ndim:
+            raise DataError("train, val and test targets must all be class ids or all be multi-label indicators")
+    return xtr, ytr, xva, yva, ytr.ndim == 2
+
+
+def _check_test(test_x, test_y, xtr: np.ndarray, ytr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one test set against the (checked) train set."""
+    xte, yte = _check_xy(test_x, test_y, "test", xtr.shape[1])
+    if yte.ndim != ytr.ndim:
         raise DataError("train, val and test targets must all be class ids or all be multi-label indicators")
+    return xte, yte
+
+
+def _check_inputs(train_x, train_y, test_x, test_y, val):
+    """Validate train/test(/val) features and targets of one kind; returns them and ``multi``."""
+    xtr, ytr, xva, yva, multi = _check_train(train_x, train_y, val)
+    xte, yte = _check_test(test_x, test_y, xtr, ytr)
     return xtr, ytr, xte, yte, xva, yva, multi
 
 
@@ -245,10 +258,8 @@ def logistic_probe_many(
     """
     if not tests:
         raise DataError("tests is empty: give at least one (name, (test_x, test_y)) test set")
-    checked = {}
-    for name, (tx, ty) in tests.items():
-        xtr, ytr, xte, yte, xva, yva, multi = _check_inputs(train_x, train_y, tx, ty, val)
-        checked[name] = (xte, yte)
+    xtr, ytr, xva, yva, multi = _check_train(train_x, train_y, val)
+    checked = {name: _check_test(tx, ty, xtr, ytr) for name, (tx, ty) in tests.items()}
     scaler = StandardScaler().fit(xtr) if standardize else None
 
     def prep(x: np.ndarray | None) -> np.ndarray | None:

@@ -34,7 +34,7 @@ from torch import Tensor
 from commonspace.data.dataset import DataError
 from commonspace.data.labels import canonical_labels, label_pair, pair_relevance
 
-__all__ = ["similarity", "retrieval_metrics", "cross_modal_retrieval", "METRICS"]
+__all__ = ["similarity", "retrieval_metrics", "cross_modal_retrieval", "precision_ceiling", "METRICS"]
 
 METRICS = ("cosine", "euclidean", "dot")
 #: elements of one (queries x database) chunk when ``chunk_size`` is not given (~16M: a few hundred MB peak)
@@ -404,4 +404,28 @@ def cross_modal_retrieval(
         out[_pair_key(q, d)] = retrieval_metrics(
             _tensor(encoded[q], q)[qsel], _tensor(encoded[d], d)[dsel], y[qsel], y[dsel], ks=ks,
             exclude_self=ex, **kwargs)
+    return out
+
+
+def precision_ceiling(labels: object, ks: tuple[int, ...] = (10, 50), db_labels: object | None = None
+                      ) -> dict[str, np.ndarray]:
+    """The best achievable P@K of each query given only the class counts: ``min(K', R) / K'``.
+
+    ``R`` = database items of the query's class, ``K'`` = K capped at the database size, both without the query
+    itself when ``db_labels`` is None (the queries are the database, as in ``retrieval_metrics(exclude_self=
+    True)``). Returns ``{"p@K": (Q,) float array}``, NaN where ``R = 0`` (such queries are left out of P@K).
+    """
+    q = np.asarray(labels).reshape(-1)
+    d = q if db_labels is None else np.asarray(db_labels).reshape(-1)
+    if q.size == 0 or d.size == 0:
+        raise DataError("precision_ceiling needs at least one query and one database label")
+    classes, counts = np.unique(d, return_counts=True)
+    pos = np.searchsorted(classes, q).clip(max=classes.size - 1)
+    own = db_labels is None
+    r = np.where(classes[pos] == q, counts[pos], 0) - int(own)
+    size = d.size - int(own)
+    out = {}
+    for k in ks:
+        kk = max(1, min(int(k), size))
+        out[f"p@{k}"] = np.where(r > 0, np.minimum(r, kk) / kk, np.nan)
     return out

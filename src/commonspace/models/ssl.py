@@ -199,13 +199,16 @@ class SSLModel(MultimodalModel):
         return hx[both], hy[both]
 
     # ------------------------------------------------------------ data checks
+    def _inputs_of(self, *kinds: str) -> list[str]:
+        """The modalities whose first visible layer is of one of these kinds (none for the MDAE)."""
+        return [m for m, v in zip(self.modalities, getattr(self, "visible", ()), strict=False) if v in kinds]
+
     def _bernoulli_inputs(self) -> list[str]:
-        return []
+        return self._inputs_of("bernoulli")
 
     def unscaled_modalities(self) -> list[str]:
         """Bernoulli (and replicated-softmax) inputs keep their scale: the CLI and API do not standardise them."""
-        return [m for m, v in zip(self.modalities, getattr(self, "visible", ()), strict=False)
-                if v in ("bernoulli", "softmax")]
+        return self._inputs_of("bernoulli", "softmax")
 
     def check_data(self, data: MultimodalDataset) -> None:
         """Also: Bernoulli visible units need features in [0, 1]."""
@@ -250,9 +253,6 @@ class MRBM(SSLModel):
             self.train_defaults = {**type(self).train_defaults, "momentum": 0.0}
         self.rbm = MultimodalRBM(flat_dim(self.dims[self.mx]), flat_dim(self.dims[self.my]), int(hidden), vis,
                                  n_chains=int(n_chains) if persistent else 0)
-
-    def _bernoulli_inputs(self) -> list[str]:
-        return [m for m, v in zip(self.modalities, self.visible, strict=True) if v == "bernoulli"]
 
     def _main_loss(self, batch: Batch) -> Tensor:
         x, y, px, py = self._inputs(batch)
@@ -399,15 +399,12 @@ class MDBN(SSLModel):
         self._layer_of = {f"pretrain_{m}_{i + 1}": (j, i) for j, (m, stack) in
                           enumerate(((self.mx, self.stack_x), (self.my, self.stack_y))) for i in range(len(stack))}
 
-    def _bernoulli_inputs(self) -> list[str]:
-        return [m for m, v in zip(self.modalities, self.visible, strict=True) if v == "bernoulli"]
-
     def check_data(self, data: MultimodalDataset) -> None:
         """Also: replicated-softmax (count) inputs need non-negative features."""
         super().check_data(data)
-        for m, kind in zip(self.modalities, self.visible, strict=True):
+        for m in self._inputs_of("softmax"):
             lo = float(data.features[m].min())
-            if kind == "softmax" and lo < 0.0:
+            if lo < 0.0:
                 raise DataError(f"modality {m!r} has values down to {lo:.3g} but its visible units are a "
                                 "replicated softmax, which needs non-negative counts; do not standardise it (give "
                                 "word counts, or proportions with doc_length=...) or use visible='gaussian'")

@@ -86,13 +86,16 @@ class Trainer:
         #: one optimizer per substep name of the current stage (``{"total": opt}`` without substeps), so each
         #: of Algorithm 1's steps keeps its own momentum / Adam moments; all share the stage's hyper-parameters
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        #: the first of ``optimizers`` (the only one without substeps); its learning rate is the one logged
-        self.optimizer: torch.optim.Optimizer | None = None
         self.global_step = 0
         #: a callback may set this to end the current stage after the epoch (like early stopping)
         self.stop_stage = False
 
     # ================================================================== public
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The first of ``optimizers`` (the only one without substeps; its learning rate is the one logged)."""
+        return next(iter(self.optimizers.values()), None)
+
     def fit(self, data: MultimodalDataset, train: str = "train", val: str | None = "val",
             resume: bool = True, on_ready: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """Train through every stage; returns the per-epoch history (also ``self.history``).
@@ -187,7 +190,7 @@ class Trainer:
             for p in model.parameters():
                 p.requires_grad_(flags.get(id(p), True))
             model.train(was_training)
-            self.optimizer, self.optimizers = None, {}
+            self.optimizers = {}
         model.set_stage(None)
         if main and out_dir is not None:
             save_model(out_dir / "model", model, self.standardizer, self._final_meta())
@@ -364,7 +367,6 @@ class Trainer:
         substeps = tuple(model.substeps() or ("total",))
         # one optimizer per distinct name: a step's momentum must not carry into another objective's step
         self.optimizers = {name: self._make_optimizer(params, lr) for name in dict.fromkeys(substeps)}
-        self.optimizer = next(iter(self.optimizers.values()))
         if opt_state is not None and state.get("optimizer_stage") == si and int(state["epoch"]) > 0:
             self._restore_optimizers(opt_state)
         wrapped = self._wrap()

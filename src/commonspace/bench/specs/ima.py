@@ -36,7 +36,7 @@ from commonspace.bench.report import BenchResult, ResultTable, Row
 from commonspace.bench.runner import BenchContext, BenchSpec, register_spec
 from commonspace.data import builtin
 from commonspace.data.builtin.noisy_digits import PAPER_TEST
-from commonspace.data.dataset import Batch, DataError, MultimodalDataset, Standardizer
+from commonspace.data.dataset import Batch, MultimodalDataset, Standardizer
 from commonspace.data.io import atomic_write
 from commonspace.eval.importance import (
     noise_detection_auc,
@@ -46,7 +46,7 @@ from commonspace.eval.importance import (
 )
 from commonspace.eval.plots import plot_lines
 from commonspace.eval.probe import mlp_probe
-from commonspace.eval.retrieval import retrieval_metrics
+from commonspace.eval.retrieval import precision_ceiling, retrieval_metrics
 from commonspace.models import create
 from commonspace.models.base import MultimodalModel
 from commonspace.models.vae import KL_WARMUP_STEPS
@@ -165,30 +165,6 @@ def _embed_all(model: MultimodalModel, data: MultimodalDataset, fn: Callable[[Ba
 
 
 # ----------------------------------------------------------------- evaluation
-
-
-def precision_ceiling(labels: object, ks: tuple[int, ...] = (10, 50), db_labels: object | None = None
-                      ) -> dict[str, np.ndarray]:
-    """The best achievable P@K of each query given only the class counts: ``min(K', R) / K'``.
-
-    ``R`` = database items of the query's class, ``K'`` = K capped at the database size, both without the query
-    itself when ``db_labels`` is None (the queries are the database, as in ``retrieval_metrics(exclude_self=
-    True)``). Returns ``{"p@K": (Q,) float array}``, NaN where ``R = 0`` (such queries are left out of P@K).
-    """
-    q = np.asarray(labels).reshape(-1)
-    d = q if db_labels is None else np.asarray(db_labels).reshape(-1)
-    if q.size == 0 or d.size == 0:
-        raise DataError("precision_ceiling needs at least one query and one database label")
-    classes, counts = np.unique(d, return_counts=True)
-    pos = np.searchsorted(classes, q).clip(max=classes.size - 1)
-    own = db_labels is None
-    r = np.where(classes[pos] == q, counts[pos], 0) - int(own)
-    size = d.size - int(own)
-    out = {}
-    for k in ks:
-        kk = max(1, min(int(k), size))
-        out[f"p@{k}"] = np.where(r > 0, np.minimum(r, kk) / kk, np.nan)
-    return out
 
 
 def _retrieval(e: Tensor, y: Tensor, noisy: np.ndarray) -> dict[str, float]:
