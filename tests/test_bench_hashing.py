@@ -25,15 +25,16 @@ def _fake_audio():
                   "test": np.flatnonzero(take > 6)}
 
 
-def _ctx(tmp_path: Path, data_root: Path | None) -> BenchContext:
+def _ctx(tmp_path: Path, data_root: Path | None,
+         datasets: tuple[str, ...] = ("wikipedia", "two-digits", "mfeat-pairs")) -> BenchContext:
     return BenchContext(quick=True, seeds=[0], out_dir=tmp_path, data_root=data_root,
                         console=Console(file=open(tmp_path / "log.txt", "w")), progress=False,
-                        datasets=["wikipedia", "two-digits"], max_iterations=1)
+                        datasets=list(datasets), max_iterations=1)
 
 
 @pytest.fixture
 def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One epoch, a 300-item Wikipedia train subset, a 200-item two-digit set on synthetic audio."""
+    """One epoch, a 300-item Wikipedia train subset, 200-item two-digit (synthetic audio) and mfeat-pair sets."""
     tiny_settings = []
     for s in hashing.SETTINGS:
         if s.key == "wikipedia":
@@ -48,11 +49,15 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
         seed=0, audio=x, audio_labels=y, audio_splits=splits, **sizes))
 
 
+def _kn_on(m: hashing.Method) -> bool:
+    return m.model == "mahash" and m.hp.get("use_kn", True)
+
+
 def test_hashing_spec_tiny(tmp_path: Path, tiny: None) -> None:
     assert "hashing" in {s.name for s in available_specs()}
     res = run_spec("hashing", _ctx(tmp_path, None))  # Wikipedia from shared/data when present
     ran = [t.title.split(":")[0] for t in res.tables if "MAP@all" in t.title]
-    assert "two-digits" in ran
+    assert "two-digits" in ran and "mfeat-pairs" in ran
     if "wikipedia" not in ran:
         assert [k for k, _ in res.skipped] == ["wikipedia"] and "wikipedia" in res.skipped[0][1].lower()
     expected = {m.label for m in hashing.methods("audio")}
@@ -60,8 +65,10 @@ def test_hashing_spec_tiny(tmp_path: Path, tiny: None) -> None:
         key = t.title.split(":")[0]
         if "MAP@all" in t.title:
             assert t.metrics == ["32 bits"]
-            assert {r.method for r in t.rows} == {m.label for m in hashing.methods(
-                "audio" if key == "two-digits" else "text")}
+            # Wikipedia's 1 x 1 maps: the rows whose kernel network cannot act are marked
+            want = {m.label + (" [KN inert]" if key == "wikipedia" and _kn_on(m) else "")
+                    for m in hashing.methods("audio" if key == "two-digits" else "text")}
+            assert {r.method for r in t.rows} == want
             for r in t.rows:
                 assert len(r.values["32 bits"]) == 1
                 assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in r.values["32 bits"])
@@ -70,12 +77,13 @@ def test_hashing_spec_tiny(tmp_path: Path, tiny: None) -> None:
         for group in ("fusion", "unimodal"):
             assert (tmp_path / f"{key}_pr_32bits_{group}.png").stat().st_size > 0
             assert (tmp_path / f"{key}_precision_at_n_32bits_{group}.png").stat().st_size > 0
-    assert expected <= {r.method for t in res.tables for r in t.rows}
+    assert expected <= {r.method.removesuffix(" [KN inert]") for t in res.tables for r in t.rows}
     assert (tmp_path / "hashing.json").exists() and (tmp_path / "hashing.md").exists()
 
 
 def test_hashing_spec_skips_missing_data(tmp_path: Path) -> None:
-    res = run_spec("hashing", _ctx(tmp_path, tmp_path / "nowhere"))
+    # mfeat-pairs needs only shipped data and is not asked for here
+    res = run_spec("hashing", _ctx(tmp_path, tmp_path / "nowhere", ("wikipedia", "two-digits")))
     assert [k for k, _ in res.skipped] == ["wikipedia", "two-digits"]
     assert "wikipedia" in res.skipped[0][1].lower() and "spoken digit" in res.skipped[1][1].lower()
     assert res.tables == []

@@ -5,6 +5,7 @@ backbones, config rebuild, and a run through the Trainer."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from commonspace.losses.hashing import (
 )
 from commonspace.models.base import model_class
 from commonspace.models.hashing import ModalAwareHashing, UnimodalHashing, modality_roles
+from commonspace.nn.modal_aware import InertKernelWarning
 from commonspace.train import TrainConfig, Trainer
 
 MODS = ("img", "txt")
@@ -106,8 +108,14 @@ def test_triplet_loss_by_hand() -> None:
     b = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])
     labels = torch.tensor([0, 0, 1])
     # K = 2, margin 0.5 * 2 = 1 bit; triplets (0,1,2): d01 = 1, d02 = 2 -> max(0, 1 + 1 - 2) = 0;
-    # (1,0,2): d10 = 1, d12 = 1 -> 1; mean 0.5, / K -> 0.25
-    assert torch.isclose(triplet_ranking_loss(b, labels, margin=0.5), torch.tensor(0.25))
+    # (1,0,2): d10 = 1, d12 = 1 -> 1; mean over both 0.5, / K -> 0.25; over the active one 1 / K = 0.5
+    assert torch.isclose(triplet_ranking_loss(b, labels, margin=0.5, average="all"), torch.tensor(0.25))
+    assert torch.isclose(triplet_ranking_loss(b, labels, margin=0.5), torch.tensor(0.5))
+    # every triplet satisfied: zero (with a graph), not NaN
+    far = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]], requires_grad=True)
+    out = triplet_ranking_loss(far, labels, margin=0.5)
+    out.backward()
+    assert float(out.detach()) == 0.0 and torch.equal(far.grad, torch.zeros(3, 2))
     # no valid triplet: zero with a graph
     z = torch.zeros(2, 2, requires_grad=True)
     out = triplet_ranking_loss(z, torch.tensor([0, 0]))
@@ -171,7 +179,9 @@ def test_mahash_trains_and_separates(fusion: str) -> None:
     feats, labels = tiny_data()
     batch = batch_of(feats, labels)
     torch.manual_seed(0)
-    model = ModalAwareHashing({"img": SHAPE, "txt": 12}, fusion=fusion, mcb_dim=128, gmu_width=16, **TINY)
+    # the mean over all triplets is the loss that must fall (the active-triplet mean stays of the same size)
+    model = ModalAwareHashing({"img": SHAPE, "txt": 12}, fusion=fusion, mcb_dim=128, gmu_width=16,
+                              triplet_average="all", **TINY)
     losses = train(model, batch)
     assert losses[-1] < 0.5 * losses[0]
     rel, irr = hamming_gap(model, batch)
@@ -188,7 +198,7 @@ def test_mahash_multilabel() -> None:
     feats, labels = tiny_data(multilabel=True)
     batch = batch_of(feats, labels)
     torch.manual_seed(0)
-    model = ModalAwareHashing({"img": SHAPE, "txt": 12}, **TINY)
+    model = ModalAwareHashing({"img": SHAPE, "txt": 12}, triplet_average="all", **TINY)
     losses = train(model, batch)
     assert losses[-1] < 0.6 * losses[0]
     rel, irr = hamming_gap(model, batch)
@@ -327,3 +337,36 @@ def test_trainer_runs_mahash() -> None:
     assert len(history) == 3
     emb = model.embed_dataset(data, "val")
     assert emb.shape == (16, 16)
+
+
+def _distinct_query_codes(**hp: object) -> int:
+    """Distinct 32-bit codes of 100 query items after two epochs on 200 items of the shipped mfeat-pairs set."""
+    from commonspace.data.builtin.mfeat_pairs import build_mfeat_pair_set
+    from commonspace.data.dataset import Standardizer
+
+    data = build_mfeat_pair_set(400, seed=0, n_query=100, n_train=200, n_val=50)
+    data = Standardizer().fit(data, "train", skip=["image"]).transform(data)
+    torch.manual_seed(0)
+    model = ModalAwareHashing(data.dims, bits=32, image_backbone="smallcnn", image_width=32, **hp)
+    Trainer(model, TrainConfig.for_model(model, seed=0, progress=False, epochs=2)).fit(data, train="train",
+                                                                                     resume=False)
+    model.eval()
+    codes = model.apply_batches(data, model.hash_codes, data.split("query"))
+    return int(torch.unique(codes, dim=0).shape[0])
+
+
+def test_codes_stay_diverse_with_the_quantization_penalty(one_thread: None) -> None:
+    """Issue 13: with the quantization penalty on, codes without the batch-normalised head fell onto a few
+    vertices (7 distinct codes for 100 queries; 1 on the two-digit set); the default head keeps them apart."""
+    assert _distinct_query_codes() >= 90
+    assert _distinct_query_codes(head_norm=False) <= 20
+
+
+def test_kernel_network_inert_on_one_by_one_maps() -> None:
+    with pytest.warns(InertKernelWarning, match="cannot act"):
+        model = ModalAwareHashing({"a": 10, "b": 12}, **TINY)
+    assert model.kn_inert
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InertKernelWarning)
+        assert not ModalAwareHashing({"a": 10, "b": 12}, use_kn=False, **TINY).kn_inert
+        assert not ModalAwareHashing({"img": (1, 28, 56), "txt": 12}, image_backbone="smallcnn", **TINY).kn_inert

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from commonspace.nn.modal_aware import AttentionNetwork, KernelNetwork, ModalAwareBlock
+from commonspace.nn.modal_aware import AttentionNetwork, KernelNetwork, ModalAwareBlock, kernel_is_inert
 
 B, C, H, W, D = 3, 6, 4, 5, 7
 
@@ -94,7 +94,7 @@ def test_attention_maps_use_both_modalities() -> None:
     x, t = inputs()
     a_v, a_t = an.attention(x, t)
     assert a_v.shape == (B, C) and a_t.shape == (B, D)
-    assert bool(((a_v > 0) & (a_v < 1)).all() and ((a_t > 0) & (a_t < 1)).all())
+    assert bool(((a_v > 0) & (a_v < 2)).all() and ((a_t > 0) & (a_t < 2)).all())
     y, s = an(x, t)
     assert torch.allclose(y, x * a_v[:, :, None, None]) and torch.allclose(s, t * a_t)
     a_v2, _ = an.attention(x, t + 1.0)  # the image's channel attention sees the text
@@ -122,3 +122,45 @@ def test_gradients_reach_every_part() -> None:
     (y.pow(2).sum() + s.pow(2).sum()).backward()
     for n, p in block.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+@pytest.mark.parametrize("use_kn,use_an", [(True, True), (False, True), (True, False)])
+def test_block_starts_as_identity(use_kn: bool, use_an: bool) -> None:
+    """Issue 13: the gates start at exactly 1 (a plain sigmoid started at 0.5 and halved every feature twice)."""
+    torch.manual_seed(0)
+    block = ModalAwareBlock(C, D, use_kn, use_an, kernel_width=4, reduction=2)
+    x, t = inputs()
+    if use_an:
+        a_v, a_t = block.an.attention(x, t)
+        assert torch.equal(a_v, torch.ones(B, C)) and torch.equal(a_t, torch.ones(B, D))
+    y, s = block(x, t)
+    assert torch.equal(y, x) and torch.equal(s, t)
+
+
+def test_attention_can_suppress_and_amplify() -> None:
+    an = AttentionNetwork(C, D, reduction=2)
+    with torch.no_grad():
+        an.excite.bias.copy_(torch.linspace(-8, 8, C + D))
+    a_v, a_t = an.attention(*inputs())
+    assert float(a_v.min()) < 0.01 and float(a_t.max()) > 1.99
+
+
+def test_kernel_is_constant_on_one_position() -> None:
+    """On 1 x 1 maps the softmax over one position is 1: theta and phi get exactly zero gradient."""
+    assert kernel_is_inert(1, 1) and not kernel_is_inert(1, 2) and not kernel_is_inert(4, 5)
+    torch.manual_seed(0)
+    kn = KernelNetwork(C, D, width=4)
+    perturb(kn)
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(B, C, 1, 1, generator=g), torch.randn(B, D, generator=g)
+    assert torch.equal(kn.kernel(x, t), torch.ones(B, 1))
+    y, s = kn(x, t)
+    (y.pow(2).sum() + s.pow(2).sum()).backward()
+    for name in ("theta", "phi"):
+        for p in getattr(kn, name).parameters():
+            assert p.grad is None or not bool(p.grad.any()), name
+    # on a 4 x 5 map the same parameters do learn
+    kn.zero_grad()
+    y, s = kn(*inputs())
+    (y.pow(2).sum() + s.pow(2).sum()).backward()
+    assert all(bool(p.grad.abs().sum() > 0) for n in ("theta", "phi") for p in getattr(kn, n).parameters())

@@ -65,9 +65,16 @@ def _zero(x: Tensor) -> Tensor:
     return x.sum() * 0
 
 
-def triplet_ranking_loss(b: Tensor, labels: Tensor, margin: float = 0.25) -> Tensor:
-    """``mean_{(i,j,k)} max(0, m K + d_ij - d_ik) / K`` over all in-batch triplets with j relevant to i (j != i)
-    and k irrelevant; ``d`` = :func:`relaxed_hamming`, ``m`` = ``margin`` as a fraction of the K bits."""
+def triplet_ranking_loss(b: Tensor, labels: Tensor, margin: float = 0.25, average: str = "active") -> Tensor:
+    """``max(0, m K + d_ij - d_ik) / K`` over the in-batch triplets with j relevant to i (j != i) and k
+    irrelevant; ``d`` = :func:`relaxed_hamming`, ``m`` = ``margin`` as a fraction of the K bits.
+
+    ``average="active"`` (default) means over the triplets that violate the margin (hinge > 0): every satisfied
+    triplet would otherwise dilute the gradient of the few that still teach, which shrinks as training goes on;
+    ``"all"`` means over every valid triplet. No active triplet gives a graph-keeping 0.
+    """
+    if average not in ("active", "all"):
+        raise DataError(f"average={average!r}; choose 'active' or 'all'")
     k_bits = b.shape[1]
     rel = relevance(labels)
     pos = rel & _offdiag(b.shape[0], b.device)
@@ -77,13 +84,18 @@ def triplet_ranking_loss(b: Tensor, labels: Tensor, margin: float = 0.25) -> Ten
         return _zero(b)
     d = relaxed_hamming(b)
     hinge = F.relu(margin * k_bits + d.unsqueeze(2) - d.unsqueeze(1))
+    if average == "active":
+        valid = valid & (hinge > 0)
+        if not bool(valid.any()):
+            return _zero(b)
     return hinge[valid].mean() / k_bits
 
 
-def triplet_quant_loss(b: Tensor, labels: Tensor, margin: float, quant_weight: float) -> dict[str, Tensor]:
+def triplet_quant_loss(b: Tensor, labels: Tensor, margin: float, quant_weight: float,
+                       average: str = "active") -> dict[str, Tensor]:
     """``triplet + quant_weight * quant`` on relaxed codes ``b`` (modal-aware hashing, DTH, TextHash): the
     :func:`triplet_ranking_loss` plus the :func:`quantization_penalty` (a graph-keeping zero on an empty batch)."""
-    tri = triplet_ranking_loss(b, labels, margin)
+    tri = triplet_ranking_loss(b, labels, margin, average)
     quant = quantization_penalty(b) if b.numel() else _zero(b)
     return {"total": tri + quant_weight * quant, "triplet": tri, "quant": quant}
 

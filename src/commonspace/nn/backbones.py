@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from commonspace.data.dataset import DataError
@@ -100,6 +101,20 @@ class ImageBackbone(nn.Module):
     def prepare(self, x: Tensor) -> Tensor:
         """Per-sample features -> (B, C, H, W)."""
         return x.reshape(x.shape[0], *self.in_shape)
+
+    def stage_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((H1, W1), (H2, W2))``: the spatial sizes of the two intermediate maps, from one dry forward pass in
+        eval mode (the training flag is restored; no parameter or BN statistic changes)."""
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                x = torch.zeros(1, *self.in_shape)
+                f1 = self.stage1(x)
+                f2 = self.stage2(f1)
+        finally:
+            self.train(was)
+        return (int(f1.shape[2]), int(f1.shape[3])), (int(f2.shape[2]), int(f2.shape[3]))
 
 
 class TextBackbone(nn.Module):

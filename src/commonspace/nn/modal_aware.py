@@ -12,12 +12,16 @@ KN (non-local style, embedded-Gaussian kernel of Wang et al. [43]), image ``X`` 
     y_i   = x_i + p_t * W_z( N K_i g(x_i) )                   (image positions reweighed by the kernel)
     t'    = t   + p_v * W_u( sum_i K_i g(x_i) )               (text += kernel-weighted pooled image feature)
 
-AN (squeeze-and-excitation over both modalities)::
+AN (squeeze-and-excitation over both modalities, gates centred on 1)::
 
     s     = [GAP(Y); t']                                      (C + D)
     h     = ReLU(W_1 s + b_1)
-    a_v   = sigmoid(W_v h + b_v)   (C,)   a_t = sigmoid(W_t h + b_t)   (D,)
+    a_v   = 2 sigmoid(W_v h + b_v)  (C,)   a_t = 2 sigmoid(W_t h + b_t)  (D,)    in (0, 2)
     Y''   = a_v * Y  (per channel),  t'' = a_t * t'
+
+``W_v, W_t, b_v, b_t`` start at zero, so every gate starts at exactly 1 and AN at the identity (ours: with a plain
+sigmoid two stacked AN halve every feature at initialisation and the full model collapsed, issue 13); a gate
+can still suppress a channel (towards 0) or amplify it (towards 2).
 
 ``p_v``, ``p_t`` are the presence bits: a missing modality gives nothing to the other, and its own outputs are
 zero.
@@ -28,7 +32,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AttentionNetwork", "KernelNetwork", "ModalAwareBlock"]
+__all__ = ["AttentionNetwork", "InertKernelWarning", "KernelNetwork", "ModalAwareBlock", "kernel_is_inert"]
+
+
+class InertKernelWarning(UserWarning):
+    """KN was asked to act on 1 x 1 maps, where its kernel is constant (see :func:`kernel_is_inert`)."""
+
+
+def kernel_is_inert(height: int, width: int) -> bool:
+    """True when KN's kernel cannot act on an ``height x width`` map: with one position the softmax is exactly 1,
+    ``theta`` and ``phi`` get no gradient, and KN reduces to ``y = x + W_z g(x)``, ``t' = t + W_u g(x)``."""
+    return int(height) * int(width) <= 1
 
 
 def _presence(p: Tensor | None, like: Tensor) -> Tensor:
@@ -86,8 +100,8 @@ class KernelNetwork(nn.Module):
 
 
 class AttentionNetwork(nn.Module):
-    """AN (paper Fig. 4): GAP of the image map and the text vector, concatenated, ``fc-ReLU-fc-sigmoid`` into a
-    channel attention map for the image and a feature attention map for the text."""
+    """AN (paper Fig. 4): GAP of the image map and the text vector, concatenated, ``fc-ReLU-fc-2 sigmoid`` into a
+    channel attention map for the image and a feature attention map for the text, both starting at exactly 1."""
 
     def __init__(self, image_channels: int, text_dim: int, reduction: int = 16) -> None:
         super().__init__()
@@ -96,11 +110,13 @@ class AttentionNetwork(nn.Module):
         self.image_channels, self.text_dim = c, d
         self.squeeze = nn.Linear(c + d, hidden)
         self.excite = nn.Linear(hidden, c + d)  # = [W_v; W_t] stacked
+        nn.init.zeros_(self.excite.weight)
+        nn.init.zeros_(self.excite.bias)
 
     def attention(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(a_v (B, C), a_t (B, D))`` in (0, 1), both computed from both modalities."""
+        """``(a_v (B, C), a_t (B, D))`` in (0, 2), both computed from both modalities (1 at initialisation)."""
         s = torch.cat([x.mean(dim=(2, 3)), t], dim=1)
-        a = torch.sigmoid(self.excite(torch.relu(self.squeeze(s))))
+        a = 2 * torch.sigmoid(self.excite(torch.relu(self.squeeze(s))))
         return a[:, :self.image_channels], a[:, self.image_channels:]
 
     def forward(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,5 +144,5 @@ class ModalAwareBlock(nn.Module):
             x, t = self.kn(x, t, p_v, p_t)
         if self.an is not None:
             x, t = self.an(x, t)
-            # the sigmoid maps of a zero row are not zero, but the product is: rows stay zero, no gate needed
+            # the gates of a zero row are not zero, but the product is: rows stay zero, no mask needed
         return x, t

@@ -24,7 +24,7 @@ import numpy as np
 
 from commonspace.data.dataset import DataError, MultimodalDataset
 
-__all__ = ["DESCRIPTION", "ROLES", "build_two_digit_set", "fsdd_audio_features"]
+__all__ = ["DESCRIPTION", "ROLES", "build_two_digit_set", "compose_pairs", "fsdd_audio_features"]
 
 ROLES = ("query", "train", "val", "rest")
 #: which source split each role draws its components from
@@ -76,6 +76,57 @@ def _draw(rng: np.random.Generator, digits: np.ndarray, labels: np.ndarray, pool
     return out
 
 
+def compose_pairs(images: np.ndarray, image_labels: np.ndarray, image_splits: dict[str, np.ndarray],
+                  vectors: np.ndarray, vector_labels: np.ndarray, vector_splits: dict[str, np.ndarray],
+                  sizes: dict[str, int], seed: int, same_instance: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], dict]:
+    """Two-digit items from single-digit sources: ``(image (n, 1, H, 2W), vector (n, 2 d), multi-hot labels (n, 10),
+    splits, meta rows)``.
+
+    ``images`` (N_i, H, W) and ``vectors`` (N_v, d) with their digit labels and train / val / test index splits;
+    ``sizes`` the role sizes (``query``, ``train``, ``val``, ``rest``). Each item draws two digits uniformly and
+    independently; each half takes a random row of that digit from the role's source split (with replacement).
+    ``same_instance``: the vector rows are the image rows (both describe the same scanned digit; the two sources
+    must then be row-aligned), else they are drawn independently (paired by class only).
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    vector_labels = np.asarray(vector_labels, dtype=np.int64)
+    images = np.asarray(images, dtype=np.float32)
+    image_labels = np.asarray(image_labels, dtype=np.int64)
+    if vectors.ndim != 2:
+        raise DataError(f"audio must be (N, d) features, got shape {vectors.shape}")
+    if images.ndim != 3:
+        raise DataError(f"images must be (N, H, W), got shape {images.shape}")
+    _check_source("audio", vectors, vector_labels, vector_splits)
+    _check_source("images", images, image_labels, image_splits)
+    if same_instance and (images.shape[0] != vectors.shape[0] or not np.array_equal(image_labels, vector_labels)):
+        raise DataError("same_instance pairs need row-aligned sources (the same rows and labels in both)")
+    n = sum(sizes.values())
+    rng = np.random.default_rng(seed)
+    role = np.concatenate([np.full(sizes[r], i) for i, r in enumerate(ROLES)])
+    digits = rng.integers(0, 10, size=(n, 2))
+    rows = {k: np.empty(n, dtype=np.int64) for k in ("left_image", "right_image", "left_audio", "right_audio")}
+    for i, r in enumerate(ROLES):
+        at = np.flatnonzero(role == i)
+        if at.size == 0:
+            continue
+        src = _SOURCE[r]
+        ipool, apool = np.asarray(image_splits[src]), np.asarray(vector_splits[src])
+        for side, j in (("left", 0), ("right", 1)):
+            rows[f"{side}_image"][at] = _draw(rng, digits[at, j], image_labels, ipool)
+            rows[f"{side}_audio"][at] = (rows[f"{side}_image"][at] if same_instance
+                                         else _draw(rng, digits[at, j], vector_labels, apool))
+    image = np.concatenate([images[rows["left_image"]], images[rows["right_image"]]], axis=2)[:, None]
+    vector = np.concatenate([vectors[rows["left_audio"]], vectors[rows["right_audio"]]], axis=1)
+    labels = np.zeros((n, 10), dtype=np.int64)
+    labels[np.arange(n), digits[:, 0]] = 1
+    labels[np.arange(n), digits[:, 1]] = 1
+    splits = {r: np.flatnonzero(role == i) for i, r in enumerate(ROLES) if r != "rest"}
+    splits["database"] = np.flatnonzero(role != 0)
+    meta = {"digits": digits, **rows, "same_digit_items": int((digits[:, 0] == digits[:, 1]).sum())}
+    return image, vector, labels, splits, meta
+
+
 def build_two_digit_set(
     n: int = 5000,
     seed: int = 0,
@@ -124,39 +175,10 @@ def build_two_digit_set(
         if image_labels is None or image_splits is None:
             raise DataError("injected images need image_labels and image_splits (train / val / test) too")
         image_source = "injected"
-    audio = np.asarray(audio, dtype=np.float32)
-    audio_labels = np.asarray(audio_labels, dtype=np.int64)
-    images = np.asarray(images, dtype=np.float32).reshape(-1, 28 * 28)
-    image_labels = np.asarray(image_labels, dtype=np.int64)
-    if audio.ndim != 2:
-        raise DataError(f"audio must be (N, d) features, got shape {audio.shape}")
-    _check_source("audio", audio, audio_labels, audio_splits)
-    _check_source("images", images, image_labels, image_splits)
-
-    rng = np.random.default_rng(seed)
-    role = np.concatenate([np.full(sizes[r], i) for i, r in enumerate(ROLES)])
-    digits = rng.integers(0, 10, size=(int(n), 2))
-    rows = {k: np.empty(int(n), dtype=np.int64) for k in ("left_image", "right_image", "left_audio", "right_audio")}
-    for i, r in enumerate(ROLES):
-        at = np.flatnonzero(role == i)
-        if at.size == 0:
-            continue
-        src = _SOURCE[r]
-        ipool, apool = np.asarray(image_splits[src]), np.asarray(audio_splits[src])
-        for side, j in (("left", 0), ("right", 1)):
-            rows[f"{side}_image"][at] = _draw(rng, digits[at, j], image_labels, ipool)
-            rows[f"{side}_audio"][at] = _draw(rng, digits[at, j], audio_labels, apool)
-    left = images[rows["left_image"]].reshape(-1, 28, 28)
-    right = images[rows["right_image"]].reshape(-1, 28, 28)
-    image = np.concatenate([left, right], axis=2)[:, None]  # (n, 1, 28, 56): d1 on the left
-    sound = np.concatenate([audio[rows["left_audio"]], audio[rows["right_audio"]]], axis=1)
-    labels = np.zeros((int(n), 10), dtype=np.int64)
-    labels[np.arange(int(n)), digits[:, 0]] = 1
-    labels[np.arange(int(n)), digits[:, 1]] = 1
-    splits = {r: np.flatnonzero(role == i) for i, r in enumerate(ROLES) if r != "rest"}
-    splits["database"] = np.flatnonzero(role != 0)
+    images = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)
+    image, sound, labels, splits, extra = compose_pairs(images, image_labels, image_splits, audio, audio_labels,
+                                                        audio_splits, sizes, seed)
     meta = {"description": DESCRIPTION, "seed": int(seed), "sizes": sizes, "audio_source": audio_source,
-            "image_source": image_source, "digits": digits, **rows,
-            "same_digit_items": int((digits[:, 0] == digits[:, 1]).sum())}
+            "image_source": image_source, **extra}
     return MultimodalDataset({"image": image, "audio": sound}, None, labels, splits, "two-digits",
                              [str(i) for i in range(10)], meta)
