@@ -143,3 +143,13 @@ def test_index_build_and_query(tmp_path: Path) -> None:
     assert all(len(g["ids"]) == 3 and g["query"] not in g["ids"] for g in got)
     r = _run("index", "query", "--index", idx, "--k", "3")
     assert r.exit_code == 2 and "exactly one" in r.output
+
+
+def test_train_warns_in_one_line_when_the_kernel_network_cannot_act(tmp_path: Path) -> None:
+    """mahash on two vector modalities: its KN sees 1 x 1 maps; the CLI says so in one line, then trains."""
+    res = runner.invoke(app, ["train", "--data", "uci-mfeat", "--modalities", "fou,kar", "--model", "mahash",
+                              "--epochs", "1", "--set", "bits=8", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if "kernel network cannot act" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "use_kn=False" in lines[0]
+    assert "Traceback" not in res.output and "hashing.py" not in res.output

@@ -59,19 +59,27 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
     console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)
 
 
+@contextlib.contextmanager
+def _one_line_warnings(*categories: type[Warning]) -> Any:
+    """Show these library warnings (every time) as one console line, without library file names."""
+    import warnings
+
+    with warnings.catch_warnings():
+        for c in categories:
+            warnings.simplefilter("always", c)
+        warnings.showwarning = _show_warning
+        yield
+
+
 def _read_data(data: str, modalities: list[str] | None, root: Path | None, seed: int):
     """Resolve ``--data`` and keep its splits (carving train/val only from unassigned rows).
 
     Returns the dataset and the notes that say what was done to it (split made, rows with no modality).
     """
-    import warnings
-
     from commonspace.data.dataset import DataWarning
     from commonspace.data.resolve import ensure_splits, resolve_data
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", DataWarning)
-        warnings.showwarning = _show_warning  # one line, no file and line number of library code
+    with _one_line_warnings(DataWarning):
         ds = resolve_data(data, modalities, root=root)
     ds, note = ensure_splits(ds, seed=seed)
     notes = [note] if note else []
@@ -196,7 +204,8 @@ def train(
     with RunLock(out_dir) if _is_rank0() else contextlib.nullcontext():
         hparams = _parse_sets(set_)
         ds, notes = _read_data(data, _split_list(modalities), data_root, seed)
-        m = create_for_data(model, ds, init_seed=seed, **hparams)  # seeded: same seed, same weights
+        with _one_line_warnings(UserWarning):  # e.g. mahash's kernel network on 1 x 1 maps
+            m = create_for_data(model, ds, init_seed=seed, **hparams)  # seeded: same seed, same weights
         # Bernoulli probabilities and word counts keep their own scale
         std = Standardizer.for_vectors(ds, "train", skip=m.unscaled_modalities()) if standardize else None
         if std is not None:
