@@ -100,3 +100,34 @@ def test_builder_on_fsdd(shared_data: Path) -> None:
     mn = mnist5k()
     _check(ds, audio, labels, {s: mn.split(s).numpy() for s in ("train", "val", "test")}, splits)
     assert ds.dims["audio"] == (100,)
+
+
+def test_mfeat_pair_set_pairs_the_same_scans() -> None:
+    """The UCI set (shipped data): each half's pixels and Fourier text come from one scan of the right digit,
+    and the query / val / train items draw their scans from UCI's test / val / train splits."""
+    from commonspace.data.builtin.mfeat import load_uci_mfeat
+    from commonspace.data.builtin.mfeat_pairs import build_mfeat_pair_set
+
+    ds = build_mfeat_pair_set(seed=3, **SIZES)
+    again = build_mfeat_pair_set(seed=3, **SIZES)
+    assert np.array_equal(ds.features["image"].numpy(), again.features["image"].numpy())
+    assert ds.dims == {"image": (1, 16, 30), "text": (152,)}
+    uci = load_uci_mfeat(["pix", "fou"])
+    pix = uci.features["pix"].numpy().reshape(-1, 16, 15) / 6.0
+    fou, y = uci.features["fou"].numpy(), uci.labels.numpy()
+    meta, img, txt = ds.meta, ds.features["image"].numpy(), ds.features["text"].numpy()
+    for side, cols, tcols in (("left", slice(0, 15), slice(0, 76)), ("right", slice(15, 30), slice(76, 152))):
+        rows = meta[f"{side}_image"]
+        assert np.array_equal(rows, meta[f"{side}_audio"])  # same instance
+        assert np.allclose(img[:, 0, :, cols], pix[rows]) and np.allclose(txt[:, tcols], fou[rows])
+        assert np.array_equal(y[rows], meta["digits"][:, 0 if side == "left" else 1])
+    labels = ds.labels.numpy().astype(bool)
+    assert np.array_equal(labels, np.eye(10, dtype=bool)[meta["digits"][:, 0]] |
+                          np.eye(10, dtype=bool)[meta["digits"][:, 1]])
+    for role, source in (("query", "test"), ("val", "val"), ("train", "train")):
+        idx = ds.split(role).numpy()
+        pool = set(uci.split(source).tolist())
+        assert {int(r) for s in ("left_image", "right_image") for r in meta[s][idx]} <= pool, role
+    assert set(ds.split("database").tolist()) == set(range(SIZES["n"])) - set(ds.split("query").tolist())
+    with pytest.raises(DataError, match="smaller than"):
+        build_mfeat_pair_set(10, n_query=5, n_train=5, n_val=5)

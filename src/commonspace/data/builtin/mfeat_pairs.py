@@ -14,8 +14,8 @@ split (200) and train and the rest of the database from its train split (1400), 
 from __future__ import annotations
 
 from commonspace.data.builtin.mfeat import load_uci_mfeat
-from commonspace.data.builtin.two_digits import compose_pairs
-from commonspace.data.dataset import DataError, MultimodalDataset
+from commonspace.data.builtin.two_digits import compose_pairs, role_sizes
+from commonspace.data.dataset import MultimodalDataset
 
 __all__ = ["DESCRIPTION", "build_mfeat_pair_set"]
 
@@ -31,12 +31,7 @@ def build_mfeat_pair_set(n: int = 5000, seed: int = 0, *, n_query: int = 500, n_
                          n_val: int = 500) -> MultimodalDataset:
     """``n`` pair items: ``image`` (1, 16, 30), ``text`` (152,), 10-d multi-hot labels; splits ``query``,
     ``database``, ``train``, ``val`` (module docstring). Needs no data beyond the shipped UCI copy."""
-    sizes = {"query": int(n_query), "train": int(n_train), "val": int(n_val)}
-    if min(sizes.values()) < 1:
-        raise DataError(f"n_query, n_train and n_val must be >= 1, got {sizes}")
-    sizes["rest"] = int(n) - sum(sizes.values())
-    if sizes["rest"] < 0:
-        raise DataError(f"n={n} is smaller than n_query + n_train + n_val = {int(n) - sizes['rest']}")
+    sizes = role_sizes(n, n_query, n_train, n_val)
     uci = load_uci_mfeat(["pix", "fou"])
     y = uci.labels.numpy()
     splits = {s: uci.split(s).numpy() for s in ("train", "val", "test")}

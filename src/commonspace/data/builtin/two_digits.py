@@ -24,7 +24,7 @@ import numpy as np
 
 from commonspace.data.dataset import DataError, MultimodalDataset
 
-__all__ = ["DESCRIPTION", "ROLES", "build_two_digit_set", "compose_pairs", "fsdd_audio_features"]
+__all__ = ["DESCRIPTION", "ROLES", "build_two_digit_set", "compose_pairs", "fsdd_audio_features", "role_sizes"]
 
 ROLES = ("query", "train", "val", "rest")
 #: which source split each role draws its components from
@@ -74,6 +74,17 @@ def _draw(rng: np.random.Generator, digits: np.ndarray, labels: np.ndarray, pool
             cand = pool[labels[pool] == c]
             out[need] = rng.choice(cand, need.size, replace=True)
     return out
+
+
+def role_sizes(n: int, n_query: int, n_train: int, n_val: int) -> dict[str, int]:
+    """``{"query", "train", "val", "rest"}`` item counts of an ``n``-item set (``rest``: more database items)."""
+    sizes = {"query": int(n_query), "train": int(n_train), "val": int(n_val)}
+    if min(sizes.values()) < 1:
+        raise DataError(f"n_query, n_train and n_val must be >= 1, got {sizes}")
+    sizes["rest"] = int(n) - sum(sizes.values())
+    if sizes["rest"] < 0:
+        raise DataError(f"n={n} is smaller than n_query + n_train + n_val = {int(n) - sizes['rest']}")
+    return sizes
 
 
 def compose_pairs(images: np.ndarray, image_labels: np.ndarray, image_splits: dict[str, np.ndarray],
@@ -151,12 +162,7 @@ def build_two_digit_set(
     ``image_labels`` and ``image_splits`` replace MNIST-5k likewise. ``meta`` records, per item, the digits and
     the source rows of each half (``left_image``, ``right_image``, ``left_audio``, ``right_audio``).
     """
-    sizes = {"query": int(n_query), "train": int(n_train), "val": int(n_val)}
-    if min(sizes.values()) < 1:
-        raise DataError(f"n_query, n_train and n_val must be >= 1, got {sizes}")
-    sizes["rest"] = int(n) - sum(sizes.values())
-    if sizes["rest"] < 0:
-        raise DataError(f"n={n} is smaller than n_query + n_train + n_val = {int(n) - sizes['rest']}")
+    sizes = role_sizes(n, n_query, n_train, n_val)
     if audio is None:
         audio, audio_labels, audio_splits = fsdd_audio_features(root)
         audio_source = "FSDD (log spectrogram of the central 0.6 s, PCA-whitened to 50-d on FSDD train)"
