@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -106,3 +107,26 @@ def test_csq_trains_on_single_label_data_at_every_code_length(bits: int) -> None
     csq = next(m for m in hashing.methods("text") if m.label.startswith("CSQ"))
     model, _ = hashing._train(csq, data, setting, plan, bits, seed=0, epochs=1, patience=1, progress=False)
     assert model.config["num_classes"] == 10
+
+
+def test_resume_reuses_recorded_runs(tmp_path: Path, tiny: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed bench reads the recorded runs back (no training) and gives the same tables; a line cut short
+    by a kill is retrained; a fresh run starts the record anew."""
+    ctx = _ctx(tmp_path, None, ("mfeat-pairs",))
+    first = run_spec("hashing", ctx)
+    log = tmp_path / "mfeat-pairs-runs.jsonl"
+    lines = log.read_text().splitlines()
+    assert len(lines) == len(hashing.methods("text"))
+    calls: list[str] = []
+    real = hashing._run_one
+    monkeypatch.setattr(hashing, "_run_one", lambda m, *a, **k: calls.append(m.label) or real(m, *a, **k))
+    again = run_spec("hashing", dataclasses.replace(ctx, resume=True))
+    assert calls == []
+    assert [r.values for r in again.tables[0].rows] == [r.values for r in first.tables[0].rows]
+    log.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # the last run was killed mid-line
+    run_spec("hashing", dataclasses.replace(ctx, resume=True))
+    assert calls == [hashing.methods("text")[-1].label]
+    assert [json.loads(x)["method"] for x in log.read_text().splitlines()] == [m.label for m in hashing.methods("text")]
+    run_spec("hashing", ctx)  # not resumed: every run again
+    assert len(calls) == 1 + len(hashing.methods("text"))
+    assert len(log.read_text().splitlines()) == len(hashing.methods("text"))

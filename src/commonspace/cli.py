@@ -373,6 +373,8 @@ def bench(
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads (default: the spec's choice, 1 for "
                                                   "cvs, ima and hashing, whose small layers gain nothing from more)")]
     = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run: reuse the runs it recorded under "
+                                              "--out with the same plan (hashing records every run)")] = False,
 ) -> None:
     """Run a paper's protocol and print our numbers beside the paper's."""
     from commonspace.bench.runner import BenchContext, available_specs, run_spec
@@ -389,7 +391,8 @@ def bench(
     if name not in {s.name for s in specs}:
         _fail(f"unknown benchmark {name!r}; available: {[s.name for s in specs]}")
     ctx = BenchContext(quick=quick, seeds=list(range(seeds)), out_dir=out_dir / name, data_root=data_root,
-                       console=out, progress=progress, datasets=_split_list(datasets_), threads=threads)
+                       console=out, progress=progress, datasets=_split_list(datasets_), threads=threads,
+                       resume=resume)
     run_spec(name, ctx)
 
 

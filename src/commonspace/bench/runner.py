@@ -28,6 +28,7 @@ class BenchContext:
     datasets: list[str] | None = None  # restrict to these dataset names
     max_iterations: int | None = None  # cap on training iterations (smoke tests)
     threads: int | None = None  # torch intra-op threads while the spec runs; None = the spec's own choice
+    resume: bool = False  # reuse the runs an interrupted bench recorded in out_dir (specs that record runs)
 
     def wants(self, dataset: str) -> bool:
         return self.datasets is None or dataset in self.datasets

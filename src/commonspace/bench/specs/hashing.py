@@ -24,6 +24,8 @@ marked. The other two sets give KN 7 x 14 / 4 x 7 and 4 x 8 / 2 x 4 positions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -334,6 +336,88 @@ def _plots(s: Setting, st: _Store, ctx: BenchContext) -> list[str]:
     return names
 
 
+#: bump when a change to the models or the protocol makes recorded runs stale (``--resume`` then ignores them)
+RECORD_VERSION = 1
+
+
+class RunRecords:
+    """One JSON line per finished (code length, seed, method) run of a setting, in ``<out>/<key>-runs.jsonl``.
+
+    A fresh bench starts the file anew; with ``--resume`` the runs already recorded under the same plan
+    fingerprint are read back instead of retrained (the runs are seeded, so a resumed bench gives the tables a
+    single run would). Each line is written whole and flushed; a line cut short by a kill is ignored on reading.
+    """
+
+    def __init__(self, path, fingerprint: str, resume: bool) -> None:
+        self.path, self.fingerprint = path, fingerprint
+        self.done: dict[tuple[int, int, str], dict] = {}
+        self.stale = 0
+        if resume and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("fingerprint") != fingerprint:
+                    self.stale += 1
+                    continue
+                self.done[(rec["bits"], rec["seed"], rec["method"])] = rec
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # rewritten with the usable lines only: a fresh run starts empty, and neither stale lines nor a fragment
+        # left by a kill can be mixed with the lines appended next
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.done.values()))
+
+    def add(self, rec: dict) -> None:
+        rec = {"fingerprint": self.fingerprint, **rec}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+        self.done[(rec["bits"], rec["seed"], rec["method"])] = rec
+
+
+def _fingerprint(s: Setting, plan: Plan, epochs: int, patience: int) -> str:
+    key = json.dumps({"setting": s.key, "plan": vars(plan), "epochs": epochs, "patience": patience,
+                      "version": RECORD_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _run_one(m: Method, data: MultimodalDataset, s: Setting, plan: Plan, bits: int, seed: int, epochs: int,
+             patience: int, progress: bool) -> dict:
+    """Train one model and measure it: the record of :class:`RunRecords` (curves at the curves' length)."""
+    t0 = time.perf_counter()
+    q, db = data.split("query"), data.split("database")
+    ql, dl = data.labels[q], data.labels[db]
+    model, hist = _train(m, data, s, plan, bits, seed, epochs, patience, progress)
+    qc, dc = _codes(model, data, q, db)
+    r = hamming_metrics(qc, dc, ql, dl, ks=(), radius=None)
+    best = max((h for h in hist if h["val_metric"] is not None), key=lambda h: h["val_metric"])
+    rec = {"bits": bits, "seed": seed, "method": m.label, "map": float(r["map"]), "best_epoch": int(best["epoch"]),
+           "epochs_run": len(hist), "distinct_codes": int(torch.unique(qc, dim=0).shape[0]),
+           "kn_inert": bool(getattr(model, "kn_inert", False))}
+    if bits == CURVE_BITS:
+        c = pr_curve(qc, dc, ql, dl)
+        ns = _curve_ns(db.numel())
+        rec["pr"] = np.stack([c["precision"], c["recall"]]).tolist()
+        rec["ns"] = ns
+        rec["pn"] = np.asarray(precision_at_n(qc, dc, ql, dl, ns=np.asarray(ns))["precision"]).tolist()
+    rec["seconds"] = time.perf_counter() - t0
+    return rec
+
+
+def _store(st: _Store, rec: dict, cap: int) -> None:
+    label = rec["method"]
+    st.maps.setdefault(label, {}).setdefault(rec["bits"], []).append(rec["map"])
+    if "pr" in rec:
+        st.pr.setdefault(label, []).append(np.asarray(rec["pr"]))
+        st.pn.setdefault(label, []).append(np.asarray(rec["pn"]))
+        st.ns = np.asarray(rec["ns"])
+    st.seconds.setdefault(label, []).append(rec["seconds"])
+    st.epochs.setdefault(label, []).append(rec["best_epoch"])
+    st.at_cap[label] = st.at_cap.get(label, 0) + int(rec["best_epoch"] >= cap)
+    if rec["kn_inert"]:
+        st.inert.add(label)
+
+
 def _run_setting(s: Setting, ctx: BenchContext, res: BenchResult) -> None:
     plan = s.quick if ctx.quick else s.full
     try:
@@ -345,10 +429,15 @@ def _run_setting(s: Setting, ctx: BenchContext, res: BenchResult) -> None:
     epochs = plan.epochs if ctx.max_iterations is None else max(1, min(plan.epochs, ctx.max_iterations))
     patience = min(plan.patience, epochs)
     q, db = data.split("query"), data.split("database")
-    ql, dl = data.labels[q], data.labels[db]
     st = _Store()
     ms = methods(s.text)
     t_all = time.perf_counter()
+    records = RunRecords(ctx.out_dir / f"{s.key}-runs.jsonl", _fingerprint(s, plan, epochs, patience),
+                         ctx.resume)
+    if records.stale:
+        ctx.console.print(f"{s.key}: {records.stale} recorded runs of another plan or version ignored")
+    if records.done:
+        ctx.console.print(f"{s.key}: resuming, {len(records.done)} runs read from {records.path}")
     notes = [s.protocol,
              f"Split sizes: train {data.split('train').numel()}, val {data.split('val').numel()}, query "
              f"{q.numel()}, database {db.numel()}.",
@@ -361,34 +450,24 @@ def _run_setting(s: Setting, ctx: BenchContext, res: BenchResult) -> None:
     for bits in order:
         for seed in seeds:
             for m in ms:
-                t0 = time.perf_counter()
-                model, hist = _train(m, data, s, plan, bits, seed, epochs, patience, ctx.progress)
-                qc, dc = _codes(model, data, q, db)
-                r = hamming_metrics(qc, dc, ql, dl, ks=(), radius=None)
-                st.maps.setdefault(m.label, {}).setdefault(bits, []).append(float(r["map"]))
-                if bits == CURVE_BITS:
-                    c = pr_curve(qc, dc, ql, dl)
-                    st.pr.setdefault(m.label, []).append(np.stack([c["precision"], c["recall"]]))
-                    st.ns = np.asarray(_curve_ns(db.numel()))
-                    st.pn.setdefault(m.label, []).append(precision_at_n(qc, dc, ql, dl, ns=st.ns)["precision"])
-                dt = time.perf_counter() - t0
-                st.seconds.setdefault(m.label, []).append(dt)
-                best = max((h for h in hist if h["val_metric"] is not None), key=lambda h: h["val_metric"])
-                st.epochs.setdefault(m.label, []).append(int(best["epoch"]))
-                st.at_cap[m.label] = st.at_cap.get(m.label, 0) + int(int(best["epoch"]) >= epochs)
-                if getattr(model, "kn_inert", False):
-                    st.inert.add(m.label)
-                ncodes = int(torch.unique(qc, dim=0).shape[0])
-                ctx.console.print(f"[dim]{s.key} {bits} bits seed {seed} {m.label}: MAP {r['map']:.4f} (best val "
-                                  f"epoch {best['epoch']}/{len(hist)} of at most {epochs}, {ncodes} distinct codes "
-                                  f"for {q.numel()} queries, {dt:.1f} s)[/dim]")
+                rec = records.done.get((bits, seed, m.label))
+                if rec is None:
+                    rec = _run_one(m, data, s, plan, bits, seed, epochs, patience, ctx.progress)
+                    records.add(rec)
+                    ctx.console.print(
+                        f"[dim]{s.key} {bits} bits seed {seed} {m.label}: MAP {rec['map']:.4f} (best val epoch "
+                        f"{rec['best_epoch']}/{rec['epochs_run']} of at most {epochs}, {rec['distinct_codes']} "
+                        f"distinct codes for {q.numel()} queries, {rec['seconds']:.1f} s)[/dim]")
+                _store(st, rec, epochs)
             # a long full run leaves readable partial results after every (code length, seed)
             partial = BenchResult("hashing-partial", PAPER, res.tables + _tables(s, st, plan.bits, notes),
                                   list(res.skipped), dict(res.settings), time.perf_counter() - t_all)
             partial.write(ctx.out_dir)
     mean_s = {k: float(np.mean(v)) for k, v in st.seconds.items()}
-    notes.append(f"Wall time for this setting: {time.perf_counter() - t_all:.0f} s; mean seconds per model "
-                 "(training + evaluation): " + ", ".join(f"{k} {v:.0f}" for k, v in mean_s.items()) + ".")
+    total = sum(sum(v) for v in st.seconds.values())
+    notes.append(f"Training + evaluation time summed over this setting's runs: {total:.0f} s (this invocation's "
+                 f"wall time {time.perf_counter() - t_all:.0f} s); mean seconds per model: "
+                 + ", ".join(f"{k} {v:.0f}" for k, v in mean_s.items()) + ".")
     notes.append("Best val epoch per model (mean): " + ", ".join(
         f"{k} {np.mean(v):.1f}" for k, v in st.epochs.items()) + ".")
     pngs = _plots(s, st, ctx)
