@@ -370,3 +370,15 @@ def test_kernel_network_inert_on_one_by_one_maps() -> None:
         warnings.simplefilter("error", InertKernelWarning)
         assert not ModalAwareHashing({"a": 10, "b": 12}, use_kn=False, **TINY).kn_inert
         assert not ModalAwareHashing({"img": (1, 28, 56), "txt": 12}, image_backbone="smallcnn", **TINY).kn_inert
+
+
+def test_stage_sizes_dry_run_changes_nothing() -> None:
+    from commonspace.nn.backbones import ImageBackbone
+
+    assert ImageBackbone("maps", (5, 3, 4), 8).stage_sizes() == ((3, 4), (3, 4))
+    assert ImageBackbone("maps", (10,), 8).stage_sizes() == ((1, 1), (1, 1))
+    cnn = ImageBackbone("smallcnn", (1, 28, 56), 32)
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    assert cnn.training and cnn.stage_sizes() == ((7, 14), (4, 7)) and cnn.training
+    assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())  # BN statistics untouched
+    assert ImageBackbone("smallcnn", (1, 16, 30), 32).stage_sizes() == ((4, 8), (2, 4))
