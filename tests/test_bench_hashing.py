@@ -130,3 +130,13 @@ def test_resume_reuses_recorded_runs(tmp_path: Path, tiny: None, monkeypatch: py
     run_spec("hashing", ctx)  # not resumed: every run again
     assert len(calls) == 1 + len(hashing.methods("text"))
     assert len(log.read_text().splitlines()) == len(hashing.methods("text"))
+
+
+def test_order_verdict_counts_only_code_lengths_that_ran() -> None:
+    st = hashing._Store()
+    st.maps = {"Ours (KN + AN)": {16: [0.9, 0.8], 32: [0.7]}, "w/o AN": {16: [0.85, 0.7], 32: [0.8]},
+               "w/o KN": {16: [0.8, 0.72], 32: [0.6]}, "Concat": {16: [0.5, 0.5], 32: [0.5]},
+               "DTH": {16: [0.95, 0.9], 32: [0.6]}}
+    order, unimodal = hashing._order_verdict(st, (16, 32, 48, 64))
+    assert "in mean at 1/2 code lengths, in 1/3 (code length, seed) runs" in order
+    assert "16 bits -0.0750 (vs DTH)" in unimodal and "32 bits +0.1000 (vs DTH)" in unimodal

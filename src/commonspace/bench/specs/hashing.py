@@ -246,15 +246,16 @@ def _order_verdict(st: _Store, bits: tuple[int, ...]) -> list[str]:
     full, no_an, no_kn = (st.maps.get(k, {}) for k in ("Ours (KN + AN)", "w/o AN", "w/o KN"))
     out = []
     if full and no_an and no_kn:
-        mean_ok = seed_ok = seed_n = 0
+        mean_ok = seed_ok = seed_n = lengths = 0
         for b in bits:
             f, a, k = full.get(b, []), no_an.get(b, []), no_kn.get(b, [])
             if not (f and len(f) == len(a) == len(k)):
                 continue
+            lengths += 1
             mean_ok += float(np.mean(f)) > float(np.mean(a)) > float(np.mean(k))
             seed_ok += sum(x > y > z for x, y, z in zip(f, a, k, strict=True))
             seed_n += len(f)
-        out.append(f"Paper's ablation order full > w/o AN > w/o KN: holds in mean at {mean_ok}/{len(bits)} code "
+        out.append(f"Paper's ablation order full > w/o AN > w/o KN: holds in mean at {mean_ok}/{lengths} code "
                    f"lengths, in {seed_ok}/{seed_n} (code length, seed) runs.")
     uni = [k for k in st.maps if k not in ("Ours (KN + AN)", *FUSION_BASELINES)]
     if full and uni:
