@@ -180,12 +180,16 @@ app(["slow-write", sys.argv[1]], prog_name="commonspace")
 """
 
 
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _kill_while_writing(script: str, target: Path, sig: int) -> subprocess.CompletedProcess:
-    # a job started in the background (`cmd &`) inherits SIGINT ignored, and Python then keeps it ignored:
-    # give the child the default disposition, as a terminal would
+    # a job started in the background (`cmd &`) inherits SIGINT ignored, and one under nohup SIGHUP, and the CLI
+    # rightly keeps an ignored signal ignored: give the child the default dispositions, as a terminal would
     p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), str(target)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     try:
         line = p.stdout.readline()
         assert line.strip() == "writing", p.stderr.read()
