@@ -20,10 +20,14 @@ from commonspace.data.labels import canonical_labels
 from commonspace.data.labels import relevance as shared_relevance
 
 __all__ = [
-    "csq_loss", "csq_targets", "dpsh_loss", "dsh_loss", "hadamard", "hash_centres", "hashnet_loss",
+    "TRIPLET_AVERAGES", "csq_loss", "csq_targets", "dpsh_loss", "dsh_loss", "hadamard", "hash_centres", "hashnet_loss",
     "quantization_penalty", "relaxed_hamming", "relevance", "sign_codes", "triplet_quant_loss",
     "triplet_ranking_loss",
 ]
+
+
+#: how :func:`triplet_ranking_loss` averages its hinges: over the margin violators, or over every triplet
+TRIPLET_AVERAGES = ("active", "all")
 
 
 def _labels(labels: Tensor | None) -> Tensor:
@@ -73,7 +77,7 @@ def triplet_ranking_loss(b: Tensor, labels: Tensor, margin: float = 0.25, averag
     triplet would otherwise dilute the gradient of the few that still teach, which shrinks as training goes on;
     ``"all"`` means over every valid triplet. No active triplet gives a graph-keeping 0.
     """
-    if average not in ("active", "all"):
+    if average not in TRIPLET_AVERAGES:
         raise DataError(f"average={average!r}; choose 'active' or 'all'")
     k_bits = b.shape[1]
     rel = relevance(labels)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from commonspace.data.dataset import Batch, DataError, MultimodalDataset
 from commonspace.losses.hashing import (
+    TRIPLET_AVERAGES,
     csq_loss,
     dpsh_loss,
     dsh_loss,
@@ -113,7 +114,7 @@ def _labels(batch: Batch) -> Tensor:
 
 
 def _check_average(average: str) -> None:
-    if average not in ("active", "all"):
+    if average not in TRIPLET_AVERAGES:
         raise DataError(f"triplet_average={average!r}; choose 'active' or 'all'")
 
 
@@ -172,9 +173,10 @@ class ModalAwareHashing(MultimodalModel):
                          quant_weight=float(quant_weight), triplet_average=triplet_average,
                          image_modality=image_modality, text_modality=text_modality, seed=int(seed))
         self.image = ImageBackbone(image_backbone, self.dims[self.image_modality], image_width)
-        sizes = self.image.stage_sizes()
+        # the dry forward pass that measures the maps is only needed when KN is on
+        sizes = self.image.stage_sizes() if use_kn else ()
         #: True when KN is on but a stage's map has one position (its kernel is then constant)
-        self.kn_inert = bool(use_kn) and any(kernel_is_inert(h, w) for h, w in sizes)
+        self.kn_inert = any(kernel_is_inert(h, w) for h, w in sizes)
         if self.kn_inert:
             warnings.warn(f"the kernel network cannot act on modality {self.image_modality!r}: its intermediate maps "
                           f"are {sizes[0][0]} x {sizes[0][1]} and {sizes[1][0]} x {sizes[1][1]}, and on a 1 x 1 map "

@@ -353,20 +353,31 @@ class RunRecords:
         self.path, self.fingerprint = path, fingerprint
         self.done: dict[tuple[int, int, str], dict] = {}
         self.stale = 0
-        if resume and path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if rec.get("fingerprint") != fingerprint:
-                    self.stale += 1
-                    continue
-                self.done[(rec["bits"], rec["seed"], rec["method"])] = rec
+        if resume:
+            self.done, self.stale = self.read(path, fingerprint)
         path.parent.mkdir(parents=True, exist_ok=True)
         # rewritten with the usable lines only: a fresh run starts empty, and neither stale lines nor a fragment
         # left by a kill can be mixed with the lines appended next
         path.write_text("".join(json.dumps(r) + "\n" for r in self.done.values()))
+
+    @staticmethod
+    def read(path, fingerprint: str) -> tuple[dict[tuple[int, int, str], dict], int]:
+        """``(runs by (bits, seed, method), count of lines of another fingerprint)``, without writing; a missing
+        file reads as empty, a line cut short is skipped."""
+        done: dict[tuple[int, int, str], dict] = {}
+        stale = 0
+        if not path.exists():
+            return done, stale
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("fingerprint") != fingerprint:
+                stale += 1
+                continue
+            done[(rec["bits"], rec["seed"], rec["method"])] = rec
+        return done, stale
 
     def add(self, rec: dict) -> None:
         rec = {"fingerprint": self.fingerprint, **rec}
@@ -419,6 +430,36 @@ def _store(st: _Store, rec: dict, cap: int) -> None:
         st.inert.add(label)
 
 
+def protocol_notes(s: Setting, data: MultimodalDataset, runs: str, epochs: int, patience: int) -> list[str]:
+    """The report's first notes: the setting's protocol, its split sizes and how it was run (``runs``: which code
+    lengths and seeds)."""
+    return [s.protocol,
+            f"Split sizes: train {data.split('train').numel()}, val {data.split('val').numel()}, query "
+            f"{data.split('query').numel()}, database {data.split('database').numel()}.",
+            f"Run: {runs}, at most {epochs} epochs (Adam, lr 1e-3, batch 64), early stopping on val MAP@all with "
+            f"patience {patience}, best val epoch restored. Every model's defaults: triplet loss averaged over the "
+            "active (margin-violating) triplets, quantization weight 0.01 (DTH / TextHash too), batch-normalised "
+            "hash bits, attention gates 2 sigmoid starting at 1."]
+
+
+def report_tables(s: Setting, st: _Store, bits: tuple[int, ...], notes: list[str], ctx,
+                  wall: float | None = None) -> list[ResultTable]:
+    """The setting's tables from its stored runs: time and best-epoch notes, the 32-bit curves (PNGs under
+    ``ctx.out_dir``), MAP and paired-difference tables. ``wall``: this invocation's wall time, when it ran."""
+    notes = list(notes)
+    total = sum(sum(v) for v in st.seconds.values())
+    this = f" (this invocation's wall time {wall:.0f} s)" if wall is not None else ""
+    notes.append(f"Training + evaluation time summed over this setting's runs: {total:.0f} s{this}; mean seconds "
+                 "per model: " + ", ".join(f"{k} {np.mean(v):.0f}" for k, v in st.seconds.items()) + ".")
+    notes.append("Best val epoch per model (mean, min-max): " + ", ".join(
+        f"{k} {np.mean(v):.1f} ({min(v)}-{max(v)})" for k, v in st.epochs.items()) + ".")
+    pngs = _plots(s, st, ctx)
+    if pngs:
+        notes.append(f"Curves at {CURVE_BITS} bits (mean over seeds): {', '.join(pngs)}; precision-recall over "
+                     "Hamming radii 0..K (precision 0 where nothing is retrieved), precision of the top N.")
+    return _tables(s, st, bits, notes)
+
+
 def _run_setting(s: Setting, ctx: BenchContext, res: BenchResult) -> None:
     plan = s.quick if ctx.quick else s.full
     try:
@@ -429,7 +470,7 @@ def _run_setting(s: Setting, ctx: BenchContext, res: BenchResult) -> None:
     seeds = list(ctx.seeds[:min(3, plan.seeds)])
     epochs = plan.epochs if ctx.max_iterations is None else max(1, min(plan.epochs, ctx.max_iterations))
     patience = min(plan.patience, epochs)
-    q, db = data.split("query"), data.split("database")
+    q = data.split("query")
     st = _Store()
     ms = methods(s.text)
     t_all = time.perf_counter()
@@ -439,13 +480,7 @@ def _run_setting(s: Setting, ctx: BenchContext, res: BenchResult) -> None:
         ctx.console.print(f"{s.key}: {records.stale} recorded runs of another plan or version ignored")
     if records.done:
         ctx.console.print(f"{s.key}: resuming, {len(records.done)} runs read from {records.path}")
-    notes = [s.protocol,
-             f"Split sizes: train {data.split('train').numel()}, val {data.split('val').numel()}, query "
-             f"{q.numel()}, database {db.numel()}.",
-             f"Run: bits {list(plan.bits)}, seeds {seeds}, at most {epochs} epochs (Adam, lr 1e-3, batch 64), "
-             f"early stopping on val MAP@all with patience {patience}, best val epoch restored. Every model's "
-             "defaults: triplet loss averaged over the active (margin-violating) triplets, quantization weight "
-             "0.01 (DTH / TextHash too), batch-normalised hash bits, attention gates 2 sigmoid starting at 1."]
+    notes = protocol_notes(s, data, f"bits {list(plan.bits)}, seeds {seeds}", epochs, patience)
     order = [b for b in RUN_ORDER if b in plan.bits] + sorted(set(plan.bits) - set(RUN_ORDER))
     st.cap = epochs
     for bits in order:
@@ -464,18 +499,7 @@ def _run_setting(s: Setting, ctx: BenchContext, res: BenchResult) -> None:
             partial = BenchResult("hashing-partial", PAPER, res.tables + _tables(s, st, plan.bits, notes),
                                   list(res.skipped), dict(res.settings), time.perf_counter() - t_all)
             partial.write(ctx.out_dir)
-    mean_s = {k: float(np.mean(v)) for k, v in st.seconds.items()}
-    total = sum(sum(v) for v in st.seconds.values())
-    notes.append(f"Training + evaluation time summed over this setting's runs: {total:.0f} s (this invocation's "
-                 f"wall time {time.perf_counter() - t_all:.0f} s); mean seconds per model: "
-                 + ", ".join(f"{k} {v:.0f}" for k, v in mean_s.items()) + ".")
-    notes.append("Best val epoch per model (mean): " + ", ".join(
-        f"{k} {np.mean(v):.1f}" for k, v in st.epochs.items()) + ".")
-    pngs = _plots(s, st, ctx)
-    if pngs:
-        notes.append(f"Curves at {CURVE_BITS} bits (mean over seeds): {', '.join(pngs)}; precision-recall over "
-                     "Hamming radii 0..K (precision 0 where nothing is retrieved), precision of the top N.")
-    res.tables += _tables(s, st, plan.bits, notes)
+    res.tables += report_tables(s, st, plan.bits, notes, ctx, time.perf_counter() - t_all)
 
 
 #: intra-op threads while the spec runs (the runner sets and restores them): on a shared 2-core machine two threads
