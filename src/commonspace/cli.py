@@ -285,21 +285,43 @@ def embed(
 @app.command()
 @_guard
 def evaluate(
-    model: Annotated[Path, typer.Option(help="run folder or model folder")],
+    model: Annotated[list[Path], typer.Option(help="run folder or model folder (repeat to compare runs with "
+                                              "--subsets)")],
     data: Annotated[str, typer.Option(help="builtin name, .npz file or .toml spec")],
     split: Annotated[str, typer.Option(help="the split that queries itself, or 'all' (every row)")] = "test",
     k: Annotated[int, typer.Option(help="cut-off for P@K and mAP@K")] = 10,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the metrics as JSON")] = None,
     modalities: Annotated[str | None, typer.Option()] = None,
     data_root: Annotated[Path | None, typer.Option()] = None,
+    subsets: Annotated[bool, typer.Option("--subsets", help="robustness: mask the queries to every non-empty "
+                                          "subset of the model's modalities")] = False,
+    subset: Annotated[list[str] | None, typer.Option("--subset", help="robustness: only this subset, e.g. "
+                                                     "image,text (repeatable)")] = None,
+    drop_rate: Annotated[list[float] | None, typer.Option("--drop-rate", help="robustness: each query modality "
+                                                          "missing with this probability (repeatable)")] = None,
+    probe_split: Annotated[str, typer.Option(help="robustness: the split a logistic probe of the joint "
+                                             "embedding is fitted on, or 'none'")] = "train",
+    seed: Annotated[int, typer.Option(help="robustness: seed of --drop-rate and the probe")] = 0,
+    plot: Annotated[Path | None, typer.Option(help="robustness: PNG of joint MAP vs modalities present, one "
+                                              "line per --model")] = None,
 ) -> None:
-    """Retrieval on a split: every query modality against every database modality, and the joint space."""
+    """Retrieval on a split: every query modality against every database modality, and the joint space.
+
+    With --subsets / --subset / --drop-rate: the same with the queries' modalities masked (robustness to missing
+    modalities), a row per subset, and a probe of the joint embedding."""
+    if subsets or subset or drop_rate:
+        _evaluate_subsets(model, data, split, k, json_out, modalities, data_root, None if subsets else subset,
+                          drop_rate or [], probe_split, seed, plot)
+        return
+    if len(model) != 1 or plot is not None:
+        _fail("several --model runs and --plot compare robustness: add --subsets (or --subset / --drop-rate)")
+    _evaluate_one(model[0], data, split, k, json_out, modalities, data_root)
+
+
+def _query_rows(m: Any, ds: Any, split: str) -> tuple[Any, int]:
+    """The rows of ``split`` that have at least one of the model's modalities, and how many were left out."""
     import torch
 
-    from commonspace.bench.report import write_atomic
-    from commonspace.eval.retrieval import cross_modal_retrieval, retrieval_metrics
-
-    m, ds = _load(model, data, modalities, data_root)
     if ds.labels is None:
         _fail("evaluation needs labels (relevance = shares a label); the data has none")
     idx = torch.arange(ds.n) if split == "all" and "all" not in ds.splits else ds.split(split)
@@ -310,6 +332,18 @@ def evaluate(
     if idx.numel() == 0:
         _fail(f"no row of split {split!r} has any of the model's modalities {list(m.modalities)}; "
               "check --modalities and the data's mask")
+    return idx, empty
+
+
+def _evaluate_one(model: Path, data: str, split: str, k: int, json_out: Path | None, modalities: str | None,
+                  data_root: Path | None) -> None:
+    import torch
+
+    from commonspace.bench.report import write_atomic
+    from commonspace.eval.retrieval import cross_modal_retrieval, retrieval_metrics
+
+    m, ds = _load(model, data, modalities, data_root)
+    idx, empty = _query_rows(m, ds, split)
     b = ds.batch(idx)
     enc = m.encode_dataset(ds, idx)
     res: dict[str, dict] = {}
@@ -334,6 +368,60 @@ def evaluate(
     if json_out:
         write_atomic(json_out, json.dumps({**clean, "excluded_empty_rows": empty}, indent=2))
         console.print(f"wrote {json_out}")
+
+
+def _run_labels(paths: list[Path]) -> list[str]:
+    """Short names for runs: the folder name, or the whole path where two folders share a name."""
+    names = [(p.parent if p.name == "model" else p).name or str(p) for p in paths]
+    return [str(p) if names.count(n) > 1 else n for p, n in zip(paths, names, strict=True)]
+
+
+def _evaluate_subsets(models: list[Path], data: str, split: str, k: int, json_out: Path | None,
+                      modalities: str | None, data_root: Path | None, subsets: list[str] | None,
+                      drop_rates: list[float], probe_split: str, seed: int, plot: Path | None) -> None:
+    from commonspace.bench.report import write_atomic
+    from commonspace.eval.robustness import check_drop_rate, plot_robustness, robustness, summary_rows
+
+    for p in drop_rates:
+        check_drop_rate(p)  # before any model is loaded
+    if plot is not None and plot.suffix.lower() != ".png":
+        _fail(f"{plot}: plots are written as PNG; give --plot a .png suffix")
+    labels = _run_labels(models)
+    if len(set(labels)) != len(labels):
+        _fail("the same --model is given twice")
+    results: dict[str, dict] = {}
+    for label, path in zip(labels, models, strict=True):
+        m, ds = _load(path, data, modalities, data_root)
+        idx, _ = _query_rows(m, ds, split)
+        probe = None if probe_split == "none" else probe_split
+        if probe is not None:
+            ds.split(probe)
+        res = robustness(m, ds, query=idx, subsets=subsets, drop_rates=drop_rates, ks=(k,), probe_train=probe,
+                         seed=seed)
+        res["run"] = str(path)
+        results[label] = res
+        t = Table(title=escape(f"{label} ({m.name}) on {data} [{split}]: queries masked to each subset, "
+                               f"database {res['database']} items with every modality"))
+        for c in ("subset", "present", "queries"):
+            t.add_column(c, justify="left" if c == "subset" else "right", no_wrap=c == "subset")
+        for c in (f"P@{k}", f"mAP@{k}", "MAP", "x-MAP", "probe"):
+            t.add_column(c, justify="right")
+        for r in summary_rows(res, k):
+            t.add_row(escape(r["subset"]), f"{r['present']:g}" if isinstance(r["present"], int) else
+                      f"{r['present']:.2f}", str(r["queries"]),
+                      *[("-" if r[c] is None else f"{r[c]:.4f}")
+                        for c in (f"p@{k}", f"map@{k}", "map", "cross_modal_map", "probe")])
+        t.caption = ("joint embedding of the masked queries vs the full database; x-MAP: mean MAP over the cross-modal "
+                     "q->d pairs; probe: logistic regression on the joint embedding of "
+                     + (f"split {probe_split!r} (accuracy; classification MAP for multi-label)" if probe else
+                        "nothing (--probe-split none)"))
+        out.print(t)
+    if json_out:
+        write_atomic(json_out, json.dumps({"data": data, "split": split, "runs": results}, indent=2))
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        plot_robustness(results, plot, title=f"{data} [{split}]: joint MAP vs modalities present")
+        console.print(f"wrote {plot}")
 
 
 @app.command()

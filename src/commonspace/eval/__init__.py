@@ -2,6 +2,7 @@
 
 from commonspace.eval.probe import classification_map, logistic_probe, logistic_probe_many, mlp_probe
 from commonspace.eval.retrieval import METRICS, cross_modal_retrieval, retrieval_metrics, similarity
+from commonspace.eval.robustness import robustness
 
 __all__ = [
     "METRICS",
@@ -11,5 +12,6 @@ __all__ = [
     "logistic_probe_many",
     "mlp_probe",
     "retrieval_metrics",
+    "robustness",
     "similarity",
 ]

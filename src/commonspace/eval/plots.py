@@ -38,6 +38,7 @@ def line_figure(
     markers: bool = True,
     figsize: tuple[float, float] = (5.0, 4.0),
     dpi: int = 120,
+    xticks: Sequence[float] | None = None,
 ) -> Figure:
     """The figure :func:`plot_lines` saves: one line per ``label -> (x, y)``, legend, grid, a title that fits."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -57,6 +58,8 @@ def line_figure(
     ax.set_ylabel(ylabel)
     if logx:
         ax.set_xscale("log")
+    if xticks is not None:
+        ax.set_xticks(list(xticks))
     if xlim:
         ax.set_xlim(*xlim)
     if ylim:
@@ -92,7 +95,7 @@ def plot_lines(curves: Mapping[str, Curve], path: str | os.PathLike, **kw) -> Pa
     """One line per ``label -> (x, y)``, legend, grid; saved as PNG at ``path`` (atomic).
 
     Keywords as :func:`line_figure` (``xlabel``, ``ylabel``, ``title``, ``xlim``, ``ylim``, ``logx``,
-    ``markers``, ``figsize``, ``dpi``); a long title is wrapped until it fits inside the figure.
+    ``markers``, ``figsize``, ``dpi``, ``xticks``); a long title is wrapped until it fits inside the figure.
     """
     path = Path(path).expanduser()
     if path.suffix.lower() != ".png":
