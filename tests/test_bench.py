@@ -35,9 +35,19 @@ def test_bidnn_spec_runs_on_digits_and_skips_missing_wikipedia(tmp_path: Path) -
     p10 = res.tables[0]
     methods = {r.method for r in p10.rows}
     assert {"raw A", "raw B", "linear combination", "AE #1 (concatenated)", "AE #2 (separate branches)",
-            "BiDNN embedded A+B", "BiDNN expanded A+B"} <= methods
+            "BiDNN embedded A+B", "BiDNN expanded A+B", "contrastive (InfoNCE) embedded A+B"} <= methods
     for r in p10.rows:
         assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in r.values["P@10"])
+    assert "contrastive (InfoNCE)" in {r.method for r in res.tables[1].rows}
+    rob = res.tables[2]
+    assert "robustness" in rob.title
+    assert [r.method for r in rob.rows] == [f"{m}: {s}" for m in ("raw", "AE #1 (concatenated)",
+                                                                   "AE #2 (separate branches)", "linear CCA",
+                                                                   "contrastive (InfoNCE)", "BiDNN")
+                                            for s in ("left", "right", "left+right")]
+    for r in rob.rows:
+        assert all(0.0 <= v <= 1.0 for vals in r.values.values() for v in vals)
+    assert (tmp_path / "digits_robustness.png").exists() and (tmp_path / "digits_robustness.json").exists()
     assert (tmp_path / "bidnn.json").exists() and (tmp_path / "bidnn.md").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -53,17 +54,30 @@ def test_cvs_spec_tiny_run_on_mfeat(tmp_path: Path, one_thread: None) -> None:
         "M-CVS stage 1 (fou, fac), strict", "M-CVS stage 2 (+kar), strict", "M-CVS stage 3 (+pix), strict",
         "M-CVS stage 4 (+zer), strict", "M-CVS stage 4, paired"]
     assert "RVS (ref pix), strict" in methods and "RVS (ref pix), paired" in methods
+    assert set(spec.CONTRASTIVE) <= set(methods)
     assert summary.rows[0].paper["mAP@50"].startswith("0.494")
     _values_ok(summary)
 
     pairs = res.tables[1]
     assert len(pairs.rows) == 21 and pairs.rows[-1].method == "average"  # 5 * 4 ordered pairs + average
-    assert {"CVS", "CVS+att strict", "CVS+att paired", "M-CVS strict", "RVS pix strict"} <= set(pairs.metrics)
+    assert {"CVS", "CVS+att strict", "CVS+att paired", "M-CVS strict", "RVS pix strict", "contrastive InfoNCE",
+            "contrastive SupCon"} <= set(pairs.metrics)
     _values_ok(pairs)
 
+    rob5 = res.tables[2]
+    assert "robustness" in rob5.title and rob5.metrics == ["MAP", "P@50", "x-MAP", "probe"]
+    labels = ["CVS (no attention)", "CVS + attention", *spec.CONTRASTIVE, "M-CVS", "RVS (ref pix)"]
+    assert [r.method for r in rob5.rows] == [f"{m}: {k} of 5 ({n} subsets)" for m in labels
+                                             for k, n in zip(range(1, 6), (5, 10, 10, 5, 1), strict=True)]
+    _values_ok(rob5)
+    assert len(json.loads((tmp_path / "mfeat5_robustness.json").read_text())) == len(labels)
+
     t6 = next(t for t in res.tables if "Table 6 analog" in t.title)
-    assert "pix->fou mAP@50" in t6.metrics and len(t6.rows) == 3
+    assert "pix->fou mAP@50" in t6.metrics and len(t6.rows) == 5  # CVS, CVS + attention x 2, contrastive x 2
     _values_ok(t6)
+    rob2 = next(t for t in res.tables if t.title.startswith("mfeat pix / fou: robustness"))
+    assert [r.method.split(": ")[1] for r in rob2.rows] == ["pix", "fou", "pix+fou"] * 4
+    _values_ok(rob2)
     t13 = next(t for t in res.tables if "Table 13 analog" in t.title)
     assert t13.metrics == ["stage 1", "stage 2", "CVS (all classes at once)"]
     assert len(t13.rows) == 6  # first-stage / seen / all classes x two directions
@@ -87,7 +101,9 @@ def test_cvs_spec_tiny_run_on_mfeat(tmp_path: Path, one_thread: None) -> None:
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".cvs_scaling.png.*"))  # no temp file left behind
     paths = res.write(tmp_path)
-    assert "Table 13 analog" in paths[1].read_text() and len(titles) == 7
+    assert "Table 13 analog" in paths[1].read_text() and len(titles) == 9
+    for png in ("mfeat5_robustness.png", "mfeat_robustness.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_settings_validate_stage_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -61,8 +61,8 @@ def test_bench_ima_tiny(tmp_path, monkeypatch, one_thread):
         pytest.skip(str(res.skipped))
     assert res.settings["datasets"] == ["noisy-digits"]
     assert res.settings["epochs"] == 1 and res.settings["rhos"] == [0.3, 0.8]
-    assert len(res.tables) == 6
-    imp, best, ret_paper, ret, cls, _ = res.tables
+    assert len(res.tables) == 7
+    imp, best, ret_paper, ret, cls, rob, _ = res.tables
     assert [r.method for r in imp.rows] == ["rho = 0.3", "rho = 0.8"]
     assert set(imp.metrics) == {f"{m} {k}" for m in ("image", "speech")
                                 for k in ("P", "R", "F1", "F1 2-means", "F1 quantile", "AUC")}
@@ -85,7 +85,7 @@ def test_bench_ima_tiny(tmp_path, monkeypatch, one_thread):
         assert ceiling.method.startswith("ceiling")
         assert ceiling.values["P@10 50-d"] == [1.0]
         assert ceiling.values["P@50 2-d"] == [pytest.approx((per_class - 1) / 50)]
-        assert len(methods) == 15  # 5 methods x (both, image, speech)
+        assert len(methods) == 18  # 6 methods x (both, image, speech)
         for r in methods:
             for k in ("P@10 2-d", "P@50 2-d", "P@10 50-d", "P@50 50-d"):
                 assert 0.0 <= r.values[k][0] <= ceiling.values[k][0] + 1e-12
@@ -99,9 +99,15 @@ def test_bench_ima_tiny(tmp_path, monkeypatch, one_thread):
     for r in cls.rows:
         assert set(r.values) == {f"{k} {d}-d" for d in (2, 50)
                                  for k in ("accuracy", "accuracy image noise", "accuracy speech noise")}
-    for png in ("ima_noisy-digits_importance.png", "ima_noisy-digits_tsne.png"):
+    # robustness: every 50-d model (IMA once: its unweighted code is the same model) x the 3 subsets
+    methods = [m for m in ima_spec.METHODS if m != "IMA unweighted"]
+    assert [r.method for r in rob.rows] == [f"{m}: {s}" for m in methods for s in ("image", "speech", "image+speech")]
+    for r in rob.rows:
+        assert 0.0 <= r.values["MAP"][0] <= 1.0 and 0.0 <= r.values["probe"][0] <= 1.0
+    assert len(json.loads((tmp_path / "ima_noisy-digits_robustness.json").read_text())) == len(methods)
+    for png in ("ima_noisy-digits_importance.png", "ima_noisy-digits_tsne.png", "ima_noisy-digits_robustness.png"):
         p = tmp_path / png
         assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((tmp_path / "ima.json").read_text())
-    assert data["name"] == "ima" and len(data["tables"]) == 6
+    assert data["name"] == "ima" and len(data["tables"]) == 7
     assert "P@10 2-d" in (tmp_path / "ima.md").read_text()

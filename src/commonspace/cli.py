@@ -412,7 +412,7 @@ def _evaluate_subsets(models: list[Path], data: str, split: str, k: int, json_ou
                       *[("-" if r[c] is None else f"{r[c]:.4f}")
                         for c in (f"p@{k}", f"map@{k}", "map", "cross_modal_map", "probe")])
         t.caption = ("joint embedding of the masked queries vs the full database; x-MAP: mean MAP over the cross-modal "
-                     "q->d pairs; probe: logistic regression on the joint embedding of "
+                     "q->d pairs (q != d); probe: logistic regression on the joint embedding of "
                      + (f"split {probe_split!r} (accuracy; classification MAP for multi-label)" if probe else
                         "nothing (--probe-split none)"))
         out.print(t)

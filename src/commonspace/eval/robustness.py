@@ -248,11 +248,12 @@ def robustness(
 
 
 def summary_rows(result: Mapping[str, Any], k: int) -> list[dict[str, Any]]:
-    """One flat row per subset / drop rate: joint P@K, mAP@K, MAP, the mean MAP over the cross-modal pairs,
+    """One flat row per subset / drop rate: joint P@K, mAP@K, MAP, the mean MAP over the cross-modal pairs (q->d
+    with q != d; None when there is none),
     and the probe's score (:func:`probe_score`)."""
     out = []
     for r in result["rows"]:
-        cm = [v["map"] for v in r.get("cross_modal", {}).values()]
+        cm = [v["map"] for key, v in r.get("cross_modal", {}).items() if key.split("->")[0] != key.split("->")[1]]
         out.append({"subset": r["subset"], "present": r["present"], "queries": r["queries"],
                     "left_out": r["left_out"], f"p@{k}": r["joint"].get(f"p@{k}"),
                     f"map@{k}": r["joint"].get(f"map@{k}"), "map": r["joint"]["map"],

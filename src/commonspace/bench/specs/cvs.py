@@ -31,11 +31,13 @@ import torch
 from torch import Tensor
 
 from commonspace.bench.report import BenchResult, ResultTable, Row
+from commonspace.bench.robust import RobustnessRows
 from commonspace.bench.runner import BenchContext, BenchSpec, register_spec
 from commonspace.data import builtin
 from commonspace.data.dataset import DataError, MultimodalDataset, Standardizer
 from commonspace.data.io import atomic_write
 from commonspace.eval.retrieval import retrieval_metrics
+from commonspace.eval.robustness import robustness
 from commonspace.models import create
 from commonspace.models.base import MultimodalModel
 from commonspace.train import TrainConfig, Trainer, seed_everything
@@ -65,6 +67,11 @@ PAPER_T6 = {  # XMediaNet image <-> text (Table 6): (img2txt, txt2img)
 PAPER_T13 = {"first": ([".857", ".836", ".844", ".810"], [".903", ".889", ".895", ".845"]),
              "all": ([".385", ".399", ".401", ".446"], [".420", ".470", ".490", ".500"]),
              "cvs_all": (".639", ".650")}
+
+#: the contrastive baseline (CLIP's symmetric InfoNCE; SupCon with labels), same encoder sizes as the CVS heads;
+#: label -> hyper-parameters. SupCon uses the labels CVS uses, InfoNCE none (the peers' setting)
+CONTRASTIVE = {"contrastive InfoNCE (unsupervised)": {"use_labels": False},
+               "contrastive SupCon (supervised)": {"use_labels": True}}
 
 # Peer figures from ../shared/TARGETS.md: mAP over the full ranking, (q->d, d->q), unsupervised methods.
 PEERS = {
@@ -245,6 +252,10 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
     hp = s.hparams()
     summary, pairs = Acc(), Acc()
     mods = list(MFEAT_VIEWS)
+    robust = RobustnessRows(k=50)
+
+    def robust_add(label: str, model: MultimodalModel, seed: int) -> None:
+        robust.add(label, robustness(model, data, query="test", probe_train="train", ks=(50,), seed=seed), seed)
 
     def record(label: str, model: MultimodalModel, encode: Callable, per_pair: str | None) -> None:
         res = pair_metrics(encode(model, data, test), yt, list(model.modalities))
@@ -263,8 +274,15 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
             if att:
                 record(f"{label}, strict", f.strict, encode_strict, "CVS+att strict")
                 record(f"{label}, paired", f.paired or f.strict, encode_paired, "CVS+att paired")
+                robust_add(label, f.paired or f.strict, seed)
             else:
                 record(label, f.strict, encode_strict, "CVS")
+                robust_add(label, f.strict, seed)
+        for label, chp in CONTRASTIVE.items():
+            seed_everything(seed)
+            f = fit(create("contrastive", data.dims, **hp, **chp), data, seed, s, ctx.progress)
+            record(label, f.strict, encode_strict, label.split(" (")[0])
+            robust_add(label, f.strict, seed)
 
         prev = None
         order = s.stage_order
@@ -278,6 +296,7 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
                    "M-CVS strict" if last else None)
             if last:
                 record(f"M-CVS stage {k + 1}, paired", f.paired or f.strict, encode_paired, "M-CVS paired")
+                robust_add("M-CVS", f.paired or f.strict, seed)
             prev = f.strict
 
         for ref in s.references:
@@ -291,6 +310,7 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
                 prev = f.strict
             record(f"RVS (ref {ref}), strict", f.strict, encode_strict, f"RVS {ref} strict")
             record(f"RVS (ref {ref}), paired", f.paired or f.strict, encode_paired, f"RVS {ref} paired")
+            robust_add(f"RVS (ref {ref})", f.paired or f.strict, seed)
 
     def paper(label: str) -> dict[str, str]:
         key = label
@@ -327,7 +347,15 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
         [Row(k, pairs.v[k]) for k in order_rows if k in pairs.v], scale=1.0, digits=3,
         notes=["Queries: the 400 test items of view q; database: the 400 test items of view d; relevance = "
                "same class; cosine; mAP@50 normalised by the relevant items in the top 50 (thesis Eq. 4.2.1)."])
-    return [t_sum, t_pairs]
+    png = robust.png(Path(ctx.out_dir) / "mfeat5_robustness.png",
+                     f"mfeat, 5 views: joint MAP vs views present, {len(ctx.seeds)} seed(s)")
+    js = robust.write_json(Path(ctx.out_dir) / "mfeat5_robustness.json")
+    t_rob = robust.table(
+        f"mfeat, 5 views: robustness to missing views (each test item queries all other test items), "
+        f"{len(ctx.seeds)} seeds", by_size=True,
+        notes=[f"Models as trained for the table above; attention models with their paired weights (a masked "
+               f"query's blocks read the views it keeps). P@50. Curve: {png.name}; every subset: {js.name}."])
+    return [t_sum, t_pairs, t_rob]
 
 
 # ---------------------------------------------------------------------------------- two-modality experiments
@@ -349,6 +377,7 @@ def run_pair(ctx: BenchContext, s: Settings, key: str, data: MultimodalDataset) 
     full: dict[str, dict[str, list[float]]] = {}
     stagewise: dict[int, Acc] = {k: Acc() for k in s.class_group_sizes}
     qd, dq = f"{q}->{d}", f"{d}->{q}"
+    robust = RobustnessRows(k=50)
 
     for seed in ctx.seeds:
         ctx.console.print(f"[dim]{key} {q}/{d}: seed {seed}[/dim]")
@@ -360,6 +389,8 @@ def run_pair(ctx: BenchContext, s: Settings, key: str, data: MultimodalDataset) 
             if att:
                 settings.append(("paired", f.paired or f.strict, encode_paired))
                 cvs_att = f.strict
+            robust.add(label, robustness(f.paired or f.strict, data, query="test", probe_train="train", ks=(50,),
+                                         seed=seed), seed)
             for name, model, enc in settings:
                 row = label if not att else f"{label}, {name}"
                 res = pair_metrics(enc(model, data, test), yt, [q, d])
@@ -368,6 +399,17 @@ def run_pair(ctx: BenchContext, s: Settings, key: str, data: MultimodalDataset) 
                     t6.add(row, f"{pk} MAP", res[pk]["MAP"])
                     full.setdefault(row, {}).setdefault(pk, []).append(res[pk]["MAP"])
                 t6.add(row, "avg mAP@50", _avg(res, "mAP@50"))
+        for label, chp in CONTRASTIVE.items():
+            seed_everything(seed)
+            f = fit(create("contrastive", data.dims, **hp, **chp), data, seed, s, ctx.progress)
+            res = pair_metrics(encode_strict(f.strict, data, test), yt, [q, d])
+            for pk in (qd, dq):
+                t6.add(label, f"{pk} mAP@50", res[pk]["mAP@50"])
+                t6.add(label, f"{pk} MAP", res[pk]["MAP"])
+                full.setdefault(label, {}).setdefault(pk, []).append(res[pk]["MAP"])
+            t6.add(label, "avg mAP@50", _avg(res, "mAP@50"))
+            robust.add(label, robustness(f.strict, data, query="test", probe_train="train", ks=(50,), seed=seed),
+                       seed)
         assert cvs_att is not None
         for gsize in s.class_group_sizes:
             _stagewise(ctx, s, data, seed, gsize, n_cls, stagewise[gsize], cvs_att, q, d)
@@ -391,7 +433,15 @@ def run_pair(ctx: BenchContext, s: Settings, key: str, data: MultimodalDataset) 
                "strict = each modality encoded alone; paired = both present (the attention block reads the "
                "query's partner: an upper bound that a real query without its partner cannot reach).",
                "MAP = full-ranking mAP (TARGETS.md protocol)."])
-    tables = [t6_table]
+    png = robust.png(Path(ctx.out_dir) / f"{key}_robustness.png",
+                     f"{key} {q} / {d}: joint MAP vs modalities present, {len(ctx.seeds)} seed(s)")
+    js = robust.write_json(Path(ctx.out_dir) / f"{key}_robustness.json")
+    tables = [t6_table, robust.table(
+        f"{key} {q} / {d}: robustness to a missing modality (each test item queries all other test items), "
+        f"{len(ctx.seeds)} seeds",
+        notes=[f"CVS models as trained for the table above, attention with its paired weights; contrastive rows "
+               f"trained the same way (encoder sizes of the CVS heads). P@50. Curve: {png.name}; every pair: "
+               f"{js.name}."])]
     for gsize, acc in stagewise.items():
         tables.append(_stagewise_table(ctx, key, q, d, gsize, acc, n_cls))
     return PairOutcome(tables, full)
@@ -609,7 +659,9 @@ def targets_table(full: dict[str, dict[str, dict[str, list[float]]]]) -> ResultT
         "TARGETS.md comparison: cross-modal mAP over the full ranking (cosine, test split)", flat,
         [Row(k, v) for k, v in rows.items()] + peer_rows, paper_label="TARGETS.md", scale=1.0, digits=3,
         notes=["CVS is SUPERVISED (class labels drive its classification and triplet losses); the TARGETS.md "
-               "peers (SplitAE, DCCA, DCCAE, CCA) are unsupervised, so this is not a like-for-like comparison.",
+               "peers (SplitAE, DCCA, DCCAE, CCA) are unsupervised, so this is not a like-for-like comparison. "
+               "Like for like: 'contrastive InfoNCE (unsupervised)' beside the peers, 'contrastive SupCon "
+               "(supervised)' beside CVS (same encoder sizes, trainer and model selection as CVS).",
                "Same data and split as the peers (mfeat: views pix and fou only, 400 test items; Wikipedia: "
                "the standard 693 test items; our val is carved from train). Strict rows encode each modality "
                "alone; the paired row lets the attention block read the query's partner (not a fair retrieval "

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from commonspace.bench.report import BenchResult, ResultTable, Row
+from commonspace.bench.robust import RobustnessRows
 from commonspace.bench.runner import BenchContext, BenchSpec, register_spec
 from commonspace.data import builtin
 from commonspace.data.builtin.noisy_digits import PAPER_TEST
@@ -47,6 +48,7 @@ from commonspace.eval.importance import (
 from commonspace.eval.plots import plot_lines
 from commonspace.eval.probe import mlp_probe
 from commonspace.eval.retrieval import precision_ceiling, retrieval_metrics
+from commonspace.eval.robustness import robustness
 from commonspace.models import create
 from commonspace.models.base import MultimodalModel
 from commonspace.models.vae import KL_WARMUP_STEPS
@@ -66,8 +68,11 @@ RECON = {"image": "bce", "speech": "sse"}
 LIKELIHOOD = {"image": "bernoulli", "speech": "gaussian"}
 LATENTS = (2, 50)
 INPUTS = ("image+speech", "image", "speech")
-METHODS = ("IMA weighted", "IMA unweighted", "JMVAE-KL", "MVAE", "DAE")
-BASELINES = {"JMVAE-KL": "jmvae", "MVAE": "mvae", "DAE": "dae"}
+METHODS = ("IMA weighted", "IMA unweighted", "JMVAE-KL", "MVAE", "DAE", "contrastive (InfoNCE)")
+BASELINES = {"JMVAE-KL": "jmvae", "MVAE": "mvae", "DAE": "dae", "contrastive (InfoNCE)": "contrastive"}
+#: the contrastive baseline (CLIP's symmetric InfoNCE, no labels, like every model here): one ReLU layer per
+#: modality into the latent size; noisy pairs are positives like the others (it has no notion of noise)
+CONTRASTIVE = {"hidden": [256]}
 
 # Paper figures found in the extracted text: the DAE's multimodal P@K (Section 6.2), the best rho (Section 6.1).
 PAPER_RETRIEVAL = {"DAE (image+speech)": {"P@10 2-d": "0.5975", "P@50 2-d": "0.5488", "P@10 50-d": "0.8968",
@@ -305,6 +310,7 @@ def _run_dataset(data: MultimodalDataset, ctx: BenchContext, plan: Plan) -> list
     classification: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, dict[str, list[float]]] = {}
     tsne_path = None
+    robust = RobustnessRows(k=10)
 
     for seed in plan.seeds:
         ctx.console.print(f"[dim]ima {key}: seed {seed}[/dim]")
@@ -374,16 +380,25 @@ def _run_dataset(data: MultimodalDataset, ctx: BenchContext, plan: Plan) -> list
 
             reps = {"IMA weighted": _embed_all(final, data, final.embed),
                     "IMA unweighted": _embed_all(final, data, final.embed_unweighted)}
+            trained = {"IMA weighted": final}
             for label, name in BASELINES.items():
                 hp = {"likelihood": LIKELIHOOD}
                 if name in ("mvae", "jmvae"):  # the KL warm-up spans at most the first 30% of a short run
                     steps = plan.epochs * math.ceil(data.split("train").numel() / 128)
                     hp["anneal_steps"] = min(KL_WARMUP_STEPS, int(0.3 * steps))
                 torch.manual_seed(seed)
-                model = create(name, dims, latent=latent, hidden=HIDDEN, **hp)
+                if name == "contrastive":
+                    model = create(name, dims, dim=latent, **CONTRASTIVE)
+                else:
+                    model = create(name, dims, latent=latent, hidden=HIDDEN, **hp)
                 _add(seconds, label, {f"{latent}-d": _fit(model, data, seed, plan.epochs, plan.patience,
                                                          ctx.progress)})
                 reps[label] = _embed_all(model, data, model.embed)
+                trained[label] = model
+            if latent == max(LATENTS):
+                for label, model in trained.items():
+                    robust.add(label, robustness(model, data, query="test", probe_train="train", metric="euclidean",
+                                                 seed=seed), seed)
 
             suffix = f" {latent}-d"
             for method in METHODS:
@@ -517,7 +532,18 @@ def _run_dataset(data: MultimodalDataset, ctx: BenchContext, plan: Plan) -> list
                         notes=[f"Torch threads: {torch.get_num_threads()}; shared machines vary by 20% or more."])
     if tsne_path is not None:
         t_imp.notes.append(f"t-SNE of the first seed's 50-d IMA: {tsne_path}.")
-    return [t_imp, t_best, *ret_tables, t_cls, t_sec]
+    png = robust.png(ctx.out_dir / f"ima_{key}_robustness.png",
+                     f"{key}: joint MAP vs modalities present (50-d), {n_seeds} seed(s)")
+    js = robust.write_json(ctx.out_dir / f"ima_{key}_robustness.json")
+    t_rob = robust.table(
+        f"{key}: robustness to a missing modality, 50-d codes, test split (each test item queries all other test "
+        f"items, the database with both modalities), Euclidean, {n_seeds} seeds",
+        notes=["Unlike the retrieval tables above (query and database from the same input), the database here "
+               "keeps both modalities: a query with one modality searches complete items. The test split's "
+               "noisy pairs are in both sides, as above.",
+               f"contrastive (InfoNCE): {CONTRASTIVE}, code size = the latent size, trained and early-stopped "
+               f"like the baselines. Curve: {png.name}; every subset and pair: {js.name}."])
+    return [t_imp, t_best, *ret_tables, t_cls, t_rob, t_sec]
 
 
 def run(ctx: BenchContext) -> BenchResult:
