@@ -5,16 +5,18 @@ A missing modality is stored as zeros with ``mask=False``; models read the mask,
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "DataError", "DataWarning", "MultimodalDataset", "Standardizer"]
+__all__ = ["Batch", "DataError", "DataWarning", "LazyArray", "MultimodalDataset", "Standardizer"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _DISJOINT = ("train", "val", "test")
@@ -65,6 +67,247 @@ def _to_float32(t: Tensor, m: str) -> Tensor:
                           "cannot represent them all exactly, so precision is lost; rescale them if the low "
                           "digits matter", DataWarning, stacklevel=4)
     return t.to(torch.float32)
+
+
+#: rows per chunk when a lazy modality is scanned, loaded or standardised: about this many bytes of float32
+CHUNK_BYTES = 16 << 20
+
+
+def chunk_rows_for(row_elems: int, chunk_rows: int | None = None) -> int:
+    """Rows per chunk: ``chunk_rows`` when given, else about :data:`CHUNK_BYTES` of float32 rows."""
+    if chunk_rows is not None:
+        if int(chunk_rows) < 1:
+            raise DataError(f"chunk_rows must be at least 1, got {chunk_rows}")
+        return int(chunk_rows)
+    return max(1, CHUNK_BYTES // (4 * max(1, row_elems)))
+
+
+def _bad_rows_message(m: str, rows: list[int]) -> str:
+    return (f"modality {m!r} contains NaN or inf (first bad rows {rows}); impute or drop those values, "
+            "or mark the modality missing with mask=False and zeros")
+
+
+class LazyArray:
+    """Rows of an on-disk array (a numpy memmap or an h5py dataset) that are read only when gathered.
+
+    ``take(index)`` reads the rows with one vectorised fancy index over the sorted unique row numbers (locality
+    on disk; HDF5 needs increasing order), converts to float32 and returns them in the requested order.
+    A view holds an index map ``rows`` into the source instead of a copy; ``scales`` are standardisations
+    ``(mean, std, keep)`` applied after the read exactly as :meth:`Standardizer.transform` applies them in
+    memory (``keep`` zeroes the rows that were missing). Views of one source share its scan (finite values,
+    which rows are non-zero), so subsets and selections are not re-read.
+    """
+
+    def __init__(self, source: Any, *, rows: np.ndarray | None = None,
+                 scales: tuple[tuple[Tensor, Tensor, Tensor], ...] = (), label: str = "",
+                 chunk_rows: int | None = None, _state: dict | None = None) -> None:
+        if not hasattr(source, "shape") or not hasattr(source, "dtype") or len(source.shape) < 1:
+            raise DataError(f"LazyArray needs an array-like with shape and dtype, got {type(source).__name__}")
+        self.source = source
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.scales = tuple(scales)
+        self.label = label
+        self.chunk_rows = chunk_rows
+        self._state = {} if _state is None else _state
+
+    # ------------------------------------------------------------- shape
+    @property
+    def shape(self) -> tuple[int, ...]:
+        n = int(self.source.shape[0]) if self.rows is None else int(self.rows.size)
+        return (n, *(int(d) for d in self.source.shape[1:]))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.source.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.source.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        where = f" {self.label}" if self.label else ""
+        return f"LazyArray({self.shape}, {self.dtype}{where}{', standardised' if self.scales else ''})"
+
+    def _step(self) -> int:
+        return chunk_rows_for(math.prod(self.shape[1:]), self.chunk_rows)
+
+    # ------------------------------------------------------------- reads
+    def _gather(self, src: np.ndarray) -> np.ndarray:
+        """float32 source rows ``src`` in that order, read once each in increasing order."""
+        if src.size == 0:
+            return np.empty((0, *self.shape[1:]), dtype=np.float32)
+        lo, hi = int(src[0]), int(src[-1])
+        if hi - lo + 1 == src.size and (src.size == 1 or bool(np.all(np.diff(src) == 1))):
+            return np.array(self.source[lo:hi + 1], dtype=np.float32)  # a contiguous run: one slice
+        uniq, inv = np.unique(src, return_inverse=True)
+        return np.asarray(self.source[uniq], dtype=np.float32)[inv.reshape(-1)]
+
+    def take(self, index: np.ndarray | Tensor | Sequence[int]) -> Tensor:
+        """float32 rows ``index`` (of this view, any order, repeats allowed) as a new tensor."""
+        index = np.asarray(index.numpy() if isinstance(index, Tensor) else index, dtype=np.int64).reshape(-1)
+        n = self.shape[0]
+        if index.size and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise IndexError(f"row index out of range for {n} rows")
+        src = index if self.rows is None else self.rows[index]
+        t = torch.from_numpy(self._gather(src))
+        if self.scales:
+            flat = t.reshape(index.size, -1)
+            sel = torch.from_numpy(index)
+            for mean, std, keep in self.scales:  # the same operations as Standardizer.transform in memory
+                flat = (flat - mean) / std
+                flat = flat * keep.index_select(0, sel).unsqueeze(1)
+            t = flat.reshape(t.shape)
+        return t
+
+    def materialise(self) -> Tensor:
+        """Every row as one float32 tensor, read chunk by chunk (this loads the whole modality)."""
+        n = self.shape[0]
+        out = torch.empty(self.shape, dtype=torch.float32)
+        step = self._step()
+        for s in range(0, n, step):
+            out[s:s + step] = self.take(np.arange(s, min(n, s + step)))
+        return out
+
+    def view(self, index: np.ndarray | Tensor) -> LazyArray:
+        """The rows ``index`` of this view, as an index map (nothing is read)."""
+        index = np.asarray(index.numpy() if isinstance(index, Tensor) else index, dtype=np.int64).reshape(-1)
+        rows = index if self.rows is None else self.rows[index]
+        sel = torch.from_numpy(index)
+        scales = tuple((mu, sd, keep.index_select(0, sel)) for mu, sd, keep in self.scales)
+        return LazyArray(self.source, rows=rows, scales=scales, label=self.label, chunk_rows=self.chunk_rows,
+                         _state=self._state)
+
+    def with_scale(self, mean: Tensor, std: Tensor, keep: Tensor) -> LazyArray:
+        """This view standardised by ``(x - mean) / std`` per batch, rows with ``keep=False`` zero."""
+        return LazyArray(self.source, rows=self.rows, scales=(*self.scales, (mean, std, keep.to(torch.bool))),
+                         label=self.label, chunk_rows=self.chunk_rows, _state=self._state)
+
+    # ------------------------------------------------------------- validation
+    def scan(self, m: str, on_chunk: Callable[[np.ndarray], None] | None = None) -> None:
+        """Check the source's values in chunks (finite, within float32), recording which rows are non-zero.
+
+        Done once per source (views share it). ``on_chunk`` sees every raw chunk in file order (the folder
+        reader hashes them). The whole source is always read, so a bad value anywhere is reported with its
+        first rows, after ``on_chunk`` has seen everything.
+        """
+        if "nonzero" in self._state or self._state.get("trusted"):
+            if on_chunk is None:
+                return
+        src = self.source
+        n = int(src.shape[0])
+        kind = self.dtype.kind
+        if kind not in "fiub":
+            raise DataError(f"modality {m!r} has dtype {self.dtype}; expected numbers")
+        nonzero = np.zeros(n, dtype=bool)
+        bad: list[int] = []
+        big: list[int] = []
+        peak_big, peak_int = 0.0, 0
+        step = chunk_rows_for(math.prod(src.shape[1:]), self.chunk_rows)
+        for s in range(0, n, step):
+            c = np.asarray(src[s:s + step])
+            if on_chunk is not None:
+                on_chunk(c)
+            flat = c.reshape(c.shape[0], -1)
+            nonzero[s:s + c.shape[0]] = (flat != 0).any(1)
+            if kind == "f":
+                fin = np.isfinite(flat)
+                if len(bad) < 5 and not fin.all():
+                    bad += (s + np.flatnonzero(~fin.all(1))).tolist()[:5 - len(bad)]
+                if c.dtype.itemsize > 4:
+                    over = fin & (np.abs(flat) > _F32_MAX)
+                    if over.any():
+                        peak_big = max(peak_big, float(np.abs(flat[over]).max()))
+                        big += (s + np.flatnonzero(over.any(1))).tolist()[:5 - len(big)]
+            elif kind in "iu" and flat.size:
+                peak_int = max(peak_int, int(np.abs(flat.astype(np.int64)).max()))
+        if big:
+            raise DataError(f"modality {m!r} has values up to {peak_big:.3g}, beyond float32's range "
+                            f"({_F32_MAX:.3g}), which would overflow to inf (first rows {big[:5]}); rescale the "
+                            "features (e.g. log or divide by a constant) before loading")
+        if bad:
+            raise DataError(_bad_rows_message(m, bad[:5]))
+        if peak_int > _F32_EXACT:
+            warnings.warn(f"modality {m!r} holds integers up to {peak_int}, above 2^24 = {_F32_EXACT}: float32 "
+                          "cannot represent them all exactly, so precision is lost; rescale them if the low "
+                          "digits matter", DataWarning, stacklevel=4)
+        self._state["nonzero"] = nonzero
+
+    def trust(self) -> None:
+        """Skip the value scan: the values are taken as finite and consistent with the mask (writer checked)."""
+        self._state["trusted"] = True
+
+    def nonzero_rows(self) -> Tensor | None:
+        """bool (n,): rows with a non-zero value (None when trusted without a scan).
+
+        A standardised view counts the rows it keeps as non-zero: their values are (x - mean) / std.
+        """
+        if self.scales:
+            return self.scales[-1][2].clone()
+        nz = self._state.get("nonzero")
+        if nz is None:
+            return None
+        return torch.from_numpy(nz if self.rows is None else nz[self.rows])
+
+    # ------------------------------------------------------------- pickling (reopens the file, never copies it)
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        src = self.source
+        if isinstance(src, np.memmap) and getattr(src, "filename", None):
+            state["source"] = ("npy", str(src.filename))
+        elif type(src).__module__.startswith("h5py"):
+            state["source"] = ("h5", str(src.file.filename), str(src.name))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        src = state["source"]
+        if isinstance(src, tuple) and src and src[0] == "npy":
+            state["source"] = np.load(src[1], mmap_mode="r", allow_pickle=False)
+        elif isinstance(src, tuple) and src and src[0] == "h5":
+            import h5py
+
+            state["source"] = h5py.File(src[1], "r")[src[2]]
+        self.__dict__.update(state)
+
+
+class _Features(Mapping):
+    """``dataset.features`` when some modalities are on disk (:class:`LazyArray`).
+
+    Looking a modality up (``data.features[m]``) returns it as one float32 tensor: a lazy modality is loaded
+    whole (chunk by chunk) on first access and kept, so every existing caller works unchanged; batches,
+    subsets, selections and standardisation never need this and read only the rows they use.
+    """
+
+    def __init__(self, store: Mapping[str, Tensor | LazyArray]) -> None:
+        self._store = dict(store)
+        self._loaded: dict[str, Tensor] = {}
+
+    def __getitem__(self, m: str) -> Tensor:
+        x = self._store[m]
+        if isinstance(x, LazyArray):
+            if m not in self._loaded:
+                self._loaded[m] = x.materialise()
+            return self._loaded[m]
+        return x
+
+    def __contains__(self, m: object) -> bool:
+        return m in self._store
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def storage(self) -> dict[str, Tensor | LazyArray]:
+        """What each modality is held as: a tensor, or the lazy array until it has been loaded."""
+        return {m: self._loaded.get(m, x) for m, x in self._store.items()}
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{m!r}: {x!r}" if isinstance(x, LazyArray) else f"{m!r}: Tensor{tuple(x.shape)}"
+                               for m, x in self.storage().items()) + "}"
 
 
 def _string_labels(x: object) -> bool:
@@ -133,17 +376,38 @@ class MultimodalDataset:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.features, Mapping) or not self.features:
+        given = self.features.storage() if isinstance(self.features, _Features) else self.features
+        if not isinstance(given, Mapping) or not given:
             raise DataError("features must be a non-empty mapping of modality name -> array")
-        feats: dict[str, Tensor] = {}
+        feats: dict[str, Tensor | LazyArray] = {}
         n: int | None = None
         first = ""
-        for m, x in self.features.items():
+        for m, x in given.items():
             if not isinstance(m, str) or not _NAME.match(m):
                 raise DataError(
                     f"modality name {m!r} is not a valid name; use letters, digits, '_' or '-' "
                     "starting with a letter"
                 )
+            if isinstance(x, LazyArray):
+                # on disk: shapes checked here, values in chunks by scan() (once per source), nothing loaded
+                if x.ndim not in (2, 4):
+                    raise DataError(
+                        f"modality {m!r} has shape {x.shape}; expected (N, d) vectors or (N, C, H, W) "
+                        "feature maps (reshape 1-d data to (N, 1))"
+                    )
+                if any(d == 0 for d in x.shape[1:]):
+                    raise DataError(f"modality {m!r} has shape {x.shape}, with no features; drop the modality "
+                                    "or give it at least one feature per sample")
+                if n is None:
+                    n, first = x.shape[0], m
+                elif x.shape[0] != n:
+                    raise DataError(
+                        f"modality {m!r} has {x.shape[0]} samples but {first!r} has {n}; every modality needs "
+                        "one row per sample (use the mask and zero rows for missing modalities)"
+                    )
+                x.scan(m)
+                feats[m] = x
+                continue
             t = _as_tensor(x, f"modality {m!r}")
             if t.ndim not in (2, 4):
                 raise DataError(
@@ -175,7 +439,9 @@ class MultimodalDataset:
         assert n is not None
         if n == 0:
             raise DataError("the dataset has no samples")
-        self.features = feats
+        lazy = any(isinstance(x, LazyArray) for x in feats.values())
+        # in memory: the plain dict of tensors it always was; with modalities on disk: a mapping that loads on access
+        self.features = _Features(feats) if lazy else feats
         self.modalities: tuple[str, ...] = tuple(feats)
         self.n = n
 
@@ -193,8 +459,11 @@ class MultimodalDataset:
                     raise DataError("mask must be boolean or 0/1")
                 mask = mask.to(torch.bool)
         for j, m in enumerate(self.modalities):
-            x = feats[m].reshape(n, -1)
-            contradict = (~mask[:, j]) & (x != 0).any(1)
+            x = feats[m]
+            nonzero = x.nonzero_rows() if isinstance(x, LazyArray) else (x.reshape(n, -1) != 0).any(1)
+            if nonzero is None:  # a trusted lazy source: its writer checked this
+                continue
+            contradict = (~mask[:, j]) & nonzero
             if contradict.any():
                 rows = torch.nonzero(contradict).flatten()[:5].tolist()
                 raise DataError(
@@ -258,10 +527,21 @@ class MultimodalDataset:
     def __len__(self) -> int:
         return self.n
 
+    def _store(self) -> dict[str, Tensor | LazyArray]:
+        """Each modality as held: a tensor, or a :class:`LazyArray` read per batch (never loads anything)."""
+        if isinstance(self.features, _Features):
+            return self.features.storage()
+        return self.features
+
+    @property
+    def lazy_modalities(self) -> tuple[str, ...]:
+        """The modalities read from disk per batch (memory-mapped or HDF5), not held in memory."""
+        return tuple(m for m, x in self._store().items() if isinstance(x, LazyArray))
+
     @property
     def dims(self) -> dict[str, tuple[int, ...]]:
         """Per-modality feature shape without the sample axis."""
-        return {m: tuple(x.shape[1:]) for m, x in self.features.items()}
+        return {m: tuple(x.shape[1:]) for m, x in self._store().items()}
 
     @property
     def empty_rows(self) -> Tensor:
@@ -293,12 +573,14 @@ class MultimodalDataset:
             raise DataError(f"unknown modalities {unknown}; {self.name!r} has {list(self.modalities)}")
 
     def batch(self, index: Tensor | Sequence[int] | None = None) -> Batch:
-        """Gather rows directly from the in-memory tensors (no per-sample loop)."""
+        """Gather rows directly from the in-memory tensors, or from the files of lazy modalities (sorted reads,
+        float32 out); no per-sample loop either way."""
         if index is None:
             index = torch.arange(self.n)
         index = torch.as_tensor(index, dtype=torch.int64)
         return Batch(
-            {m: x.index_select(0, index) for m, x in self.features.items()},
+            {m: x.take(index) if isinstance(x, LazyArray) else x.index_select(0, index)
+             for m, x in self._store().items()},
             self.mask.index_select(0, index),
             self.modalities,
             None if self.labels is None else self.labels.index_select(0, index),
@@ -327,6 +609,14 @@ class MultimodalDataset:
         if isinstance(index, str):
             name = name or f"{self.name}[{index}]"
             index = self.split(index)
+        store = self._store()
+        if any(isinstance(x, LazyArray) for x in store.values()):
+            index = torch.as_tensor(index, dtype=torch.int64)
+            feats = {m: x.view(index) if isinstance(x, LazyArray) else x.index_select(0, index)
+                     for m, x in store.items()}  # lazy rows become an index map; nothing is read
+            return MultimodalDataset(feats, self.mask.index_select(0, index),
+                                     None if self.labels is None else self.labels.index_select(0, index), {},
+                                     name or self.name, self.class_names, dict(self.meta))
         b = self.batch(index)
         return MultimodalDataset(b.features, b.mask, b.labels, {}, name or self.name, self.class_names,
                                  dict(self.meta))
@@ -335,13 +625,16 @@ class MultimodalDataset:
         """Keep only some modalities (in the given order)."""
         self.check_modalities(modalities)
         cols = [self.modalities.index(m) for m in modalities]
-        return MultimodalDataset({m: self.features[m] for m in modalities}, self.mask[:, cols], self.labels,
+        store = self._store()
+        return MultimodalDataset({m: store[m] for m in modalities}, self.mask[:, cols], self.labels,
                                  self.splits, self.name, self.class_names, dict(self.meta))
 
     def replace(self, features: Mapping[str, Tensor] | None = None, mask: Tensor | None = None,
                 splits: Mapping[str, Tensor] | None = None) -> MultimodalDataset:
-        """A copy with some parts replaced (revalidated)."""
-        return MultimodalDataset(dict(features if features is not None else self.features),
+        """A copy with some parts replaced (revalidated; lazy modalities stay on disk)."""
+        feats = self._store() if features is None else features
+        feats = feats.storage() if isinstance(feats, _Features) else dict(feats)
+        return MultimodalDataset(feats,
                                  self.mask if mask is None else mask, self.labels,
                                  dict(self.splits if splits is None else splits), self.name, self.class_names,
                                  dict(self.meta))
@@ -388,8 +681,40 @@ class MultimodalDataset:
         }
 
 
+def _chunked_moments(x: LazyArray, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """float32 mean and (biased) std of ``x``'s ``rows`` in one chunked float64 pass.
+
+    Rows that fit in one chunk use exactly the in-memory computation; more are merged chunk by chunk
+    (Chan et al.'s pairwise update of mean and sum of squared deviations).
+    """
+    step = x._step()
+    if rows.numel() <= step:
+        c = x.take(rows).reshape(rows.numel(), -1).double()
+        return c.mean(0).float(), c.std(0, unbiased=False).float()
+    count, mean, m2 = 0, None, None
+    for s in range(0, rows.numel(), step):
+        c = x.take(rows[s:s + step]).reshape(-1, math.prod(x.shape[1:])).double()
+        b = c.shape[0]
+        cm = c.mean(0)
+        cm2 = ((c - cm) ** 2).sum(0)
+        if mean is None:
+            count, mean, m2 = b, cm, cm2
+            continue
+        delta = cm - mean
+        total = count + b
+        mean = mean + delta * (b / total)
+        m2 = m2 + cm2 + delta ** 2 * (count * b / total)
+        count = total
+    assert mean is not None and m2 is not None
+    return mean.float(), (m2 / count).sqrt().float()
+
+
 class Standardizer:
-    """Per-modality feature standardisation fitted on one split, over present samples only."""
+    """Per-modality feature standardisation fitted on one split, over present samples only.
+
+    On lazy (on-disk) modalities the statistics come from one chunked pass and the transform is applied per
+    batch as rows are read, so neither loads the modality.
+    """
 
     def __init__(self, eps: float = 1e-8) -> None:
         self.eps = eps
@@ -417,9 +742,13 @@ class Standardizer:
             rows = idx[data.mask[idx, j]]
             if rows.numel() == 0:
                 raise DataError(f"modality {m!r} is missing for every sample of split {split!r}; cannot fit")
-            x = data.features[m].index_select(0, rows).reshape(rows.numel(), -1).double()
-            self.mean[m] = x.mean(0).float()
-            sd = x.std(0, unbiased=False).float()
+            held = data._store()[m]
+            if isinstance(held, LazyArray):
+                mean, sd = _chunked_moments(held, rows)
+            else:
+                x = held.index_select(0, rows).reshape(rows.numel(), -1).double()
+                mean, sd = x.mean(0).float(), x.std(0, unbiased=False).float()
+            self.mean[m] = mean
             self.std[m] = torch.where(sd > self.eps, sd, torch.ones_like(sd))
         return self
 
@@ -427,11 +756,18 @@ class Standardizer:
         if not self.mean:
             raise DataError("Standardizer.transform called before fit")
         data.check_modalities(list(self.mean))
-        feats = {}
+        feats: dict[str, Tensor | LazyArray] = {}
         for j, m in enumerate(data.modalities):
-            x = data.features[m]
+            x = data._store()[m]
             if m not in self.mean:
                 feats[m] = x
+                continue
+            if isinstance(x, LazyArray):  # standardised per batch as it is read; nothing is loaded
+                width = math.prod(x.shape[1:])
+                if width != self.mean[m].numel():
+                    raise DataError(f"modality {m!r} has {width} features; the standardiser was fitted "
+                                    f"on {self.mean[m].numel()}")
+                feats[m] = x.with_scale(self.mean[m], self.std[m], data.mask[:, j].clone())
                 continue
             flat = x.reshape(x.shape[0], -1)
             if flat.shape[1] != self.mean[m].numel():

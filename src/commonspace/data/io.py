@@ -29,7 +29,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from commonspace.data.dataset import DataError, MultimodalDataset
+from commonspace.data.dataset import DataError, LazyArray, MultimodalDataset
 
 __all__ = [
     "Terminated",
@@ -38,6 +38,7 @@ __all__ = [
     "load_array",
     "load_csv",
     "load_embeddings",
+    "load_h5",
     "load_mat",
     "load_npz",
     "read_npz",
@@ -342,6 +343,69 @@ def load_npz(path: str | os.PathLike) -> MultimodalDataset:
     meta.setdefault("file", str(p))
     try:
         return MultimodalDataset(feats, data.get("mask"), data.get("labels"), splits, name, class_names, meta)
+    except DataError as exc:
+        raise DataError(f"{p}: {exc}") from exc
+
+
+def _h5_text(f: Any, key: str) -> list[str] | None:
+    """A string (or string array) stored as a dataset or a root attribute, decoded; None when absent."""
+    if key in f:
+        raw = f[key][()]
+    elif key in f.attrs:
+        raw = f.attrs[key]
+    else:
+        return None
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.atleast_1d(np.asarray(raw, dtype=object))]
+
+
+def load_h5(path: str | os.PathLike, lazy: bool = True) -> MultimodalDataset:
+    """Read a dataset stored in HDF5 with the ``.npz`` schema's names (``x_<modality>``, ``mask``, ``labels``,
+    ``split_<name>``, ``modalities``, ``class_names``, ``name``, ``meta``; the last four may be root attributes).
+
+    With ``lazy`` the features stay in the file and are read per batch (sorted row reads, float32 out); their
+    values are checked in chunks, so no modality is ever loaded whole. The file stays open while the dataset
+    is used.
+    """
+    import h5py
+
+    p = _existing(path)
+    if not h5py.is_hdf5(p):
+        raise DataError(f"{p}: not an HDF5 file (damaged, or another format); re-create it, or give a .npz file")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as exc:
+        raise DataError(f"{p}: cannot open the HDF5 file ({exc}); re-create or re-download it") from exc
+    keys = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+    feats: dict[str, Any] = {k[2:]: f[k] for k in keys if k.startswith("x_")}
+    if not feats:
+        raise DataError(f"{p}: no feature datasets; name each modality's dataset x_<modality> (found {sorted(keys)}), "
+                        "or map the file's arrays to modalities in a .toml spec (file = ..., key = ...)")
+    order = _h5_text(f, "modalities")
+    if order is not None:
+        if sorted(order) != sorted(feats):
+            raise DataError(f"{p}: 'modalities' lists {order} but the x_ datasets are {sorted(feats)}; make them "
+                            "agree")
+        feats = {m: feats[m] for m in order}
+    elif "mask" in f and len(feats) > 1:
+        raise DataError(f"{p}: has a mask but no 'modalities' giving its column order; add one")
+    for m, d in feats.items():
+        if d.dtype.kind not in "fiub":
+            raise DataError(f"{p}: x_{m} has dtype {d.dtype}; expected numbers")
+    feats = {m: LazyArray(d, label=f"{p}:{d.name}") if lazy else np.asarray(d[()]) for m, d in feats.items()}
+    splits = {k[6:]: np.asarray(f[k][()]) for k in keys if k.startswith("split_")}
+    name = (_h5_text(f, "name") or [p.stem])[0]
+    meta: dict = {}
+    raw_meta = _h5_text(f, "meta")
+    if raw_meta is not None:
+        try:
+            meta = json.loads(raw_meta[0])
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{p}: 'meta' is not valid JSON ({exc})") from exc
+    meta.setdefault("file", str(p))
+    mask = np.asarray(f["mask"][()]) if "mask" in keys else None
+    labels = np.asarray(f["labels"][()]) if "labels" in keys else None
+    try:
+        return MultimodalDataset(feats, mask, labels, splits, name, _h5_text(f, "class_names"), meta)
     except DataError as exc:
         raise DataError(f"{p}: {exc}") from exc
 

@@ -1,4 +1,4 @@
-"""Turn a ``--data`` argument (builtin name, .npz, .toml spec, .mat/.csv/.npy) into a dataset."""
+"""Turn a ``--data`` argument (builtin name, .npz, .toml spec, .h5, dataset folder) into a dataset."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ __all__ = ["ensure_splits", "resolve_data"]
 
 
 def resolve_data(source: str, modalities: list[str] | None = None, root: Path | None = None) -> MultimodalDataset:
-    """``builtin:NAME`` or a builtin name, a ``.npz`` file (see docs/data.md) or a ``.toml`` spec."""
+    """``builtin:NAME`` or a builtin name, a ``.npz`` file (see docs/data.md), a ``.toml`` spec, a dataset folder
+    (``meta.json`` + ``.npy`` files, memory-mapped) or an ``.h5`` file in the ``.npz`` schema (read lazily)."""
     from commonspace.data import builtin
-    from commonspace.data.io import load_npz
+    from commonspace.data.folder import open_folder
+    from commonspace.data.io import load_h5, load_npz
     from commonspace.data.spec import load_spec
 
     names = {d["name"] for d in builtin.available()}
@@ -25,13 +27,20 @@ def resolve_data(source: str, modalities: list[str] | None = None, root: Path | 
         data = builtin.load(name, root=root)
     elif not path.exists():
         raise DataError(f"data {source!r} is neither a file nor a builtin dataset; builtins: {sorted(names)}")
+    elif path.is_dir():
+        if not (path / "meta.json").is_file():
+            raise DataError(f"{path} is a folder without meta.json, not a dataset folder; write one with "
+                            "`commonspace convert IN OUT/`, or give a .npz file or a .toml spec")
+        data = open_folder(path)
     elif path.suffix == ".npz":
         data = load_npz(path)
     elif path.suffix == ".toml":
         data = load_spec(path)
+    elif path.suffix.lower() in (".h5", ".hdf5"):
+        data = load_h5(path)
     else:
-        raise DataError(f"cannot read {path.name!r} as a dataset: give a .npz file (docs/data.md) or a .toml "
-                        "spec that maps modality names to .mat/.csv/.npy files")
+        raise DataError(f"cannot read {path.name!r} as a dataset: give a .npz file (docs/data.md), a .toml "
+                        "spec that maps modality names to .mat/.csv/.npy files, an .h5 file or a dataset folder")
     if modalities:
         data = data.select(modalities)
     return data
