@@ -23,10 +23,8 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,29 +111,13 @@ def _write_features(path: Path, m: str, held: Any, dtype: str, step: int) -> dic
     return entry
 
 
-def _stale_name(name: str) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(name)}\.(\d+)-([0-9a-f]{{8}})\.[a-z0-9_]+\.(?:tmp|old)")
-
-
 def _sweep_stale_dirs(out: Path) -> None:
-    """Remove temporary folders of ``out`` left by killed writers on this host (pid gone); never a live one's."""
-    from commonspace.data.io import STALE_TMP_SECONDS, _host_tag, _pid_alive
+    """Remove temporary folders of ``out`` left by killed writers (:func:`~commonspace.data.io.stale_siblings`)."""
+    from commonspace.data.io import stale_siblings
 
-    pattern, host, now = _stale_name(out.name), _host_tag(), time.time()
-    try:
-        entries = [e for e in os.scandir(out.parent) if e.name.startswith(f".{out.name}.")]
-    except OSError:
-        return
-    for e in entries:
-        m = pattern.fullmatch(e.name)
-        if m is None or not e.is_dir(follow_symlinks=False):
-            continue
+    for e in stale_siblings(out, "tmp|old", legacy=False):
         try:
-            if m.group(2) == host:
-                stale = int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
-            else:
-                stale = now - e.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
-            if stale:
+            if e.is_dir(follow_symlinks=False):
                 shutil.rmtree(e.path, ignore_errors=True)
         except OSError:
             pass

@@ -112,30 +112,43 @@ def _umask() -> int:
     return mask
 
 
-def _sweep_stale_tmp(path: Path) -> None:
-    """Remove temp siblings of ``path`` left by killed writers; never one a live writer may still be filling.
+def stale_siblings(path: Path, suffixes: str = "tmp", legacy: bool = True) -> list[os.DirEntry]:
+    """Temp siblings of ``path`` left by killed writers; never one a live writer may still be filling.
 
-    Ours are ``.NAME.PID-HOST.XXXXXXXX.tmp``: stale when HOST is this machine and PID is gone. Names without a
-    pid (written before pids were recorded) and other hosts' files are stale only after STALE_TMP_SECONDS.
+    Ours are ``.NAME.PID-HOST.XXXXXXXX.<suffix>`` (``suffixes``: a regex alternative such as ``"tmp|old"``):
+    stale when HOST is this machine and PID is gone, or, for other hosts' entries, after STALE_TMP_SECONDS.
+    With ``legacy``, names without a pid (written before pids were recorded) are stale after that age too.
     """
     name = re.escape(path.name)
-    own = re.compile(rf"\.{name}\.(\d+)-([0-9a-f]{{8}})\.[a-z0-9_]+\.tmp")
-    legacy = re.compile(rf"\.{name}\.(?:[a-z0-9_]{{8}}\.tmp|tmp-[a-z0-9_]{{8}})")
+    own = re.compile(rf"\.{name}\.(\d+)-([0-9a-f]{{8}})\.[a-z0-9_]+\.(?:{suffixes})")
+    old = re.compile(rf"\.{name}\.(?:[a-z0-9_]{{8}}\.tmp|tmp-[a-z0-9_]{{8}})") if legacy else None
     host, me, now = _host_tag(), os.getpid(), time.time()
     try:
         entries = [e for e in os.scandir(path.parent) if e.name.startswith(f".{path.name}.")]
     except OSError:
-        return
+        return []
+    out = []
     for e in entries:
         m = own.fullmatch(e.name)
         try:
             if m is not None and m.group(2) == host:
                 stale = int(m.group(1)) != me and not _pid_alive(int(m.group(1)))
-            elif m is not None or legacy.fullmatch(e.name):
+            elif m is not None or (old is not None and old.fullmatch(e.name)):
                 stale = now - e.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
             else:
                 continue
-            if stale and e.is_file(follow_symlinks=False):
+        except OSError:  # gone meanwhile: nothing to remove
+            continue
+        if stale:
+            out.append(e)
+    return out
+
+
+def _sweep_stale_tmp(path: Path) -> None:
+    """Remove the stale temp files of ``path`` (:func:`stale_siblings`)."""
+    for e in stale_siblings(path):
+        try:
+            if e.is_file(follow_symlinks=False):
                 os.unlink(e.path)
         except OSError:  # gone meanwhile, or not ours to remove: leave it
             pass
