@@ -42,3 +42,17 @@ def test_facade_errors() -> None:
         cs.transform({"audio": x["image"]})
     with pytest.raises(DataError, match="different sample counts"):
         cs.transform({"image": x["image"], "text": x["text"][:10]})
+
+
+def test_facade_robustness_with_and_without_a_probe() -> None:
+    x, y = _arrays(120)
+    cs = CommonSpace("contrastive", epochs=3, hidden=[8], dim=4).fit(x, labels=y)
+    res = cs.robustness(x, y, subsets=["image", "text", "image,text"], drop_rates=(0.5,), train=(x, y))
+    assert [r["subset"] for r in res["rows"]] == ["image", "text", "image+text", "drop 0.5"]
+    assert all(0.0 <= r["joint"]["map"] <= 1.0 and "probe" in r for r in res["rows"])
+    assert res["queries"] == 120 and res["database"] == 120
+    plain = cs.robustness(x, y)
+    assert "probe" not in plain["rows"][0] and len(plain["rows"]) == 3
+    assert plain["rows"][2]["joint"] == res["rows"][2]["joint"]
+    with pytest.raises(DataError, match="unknown modalities"):
+        cs.robustness(x, y, subsets=["audio"])

@@ -117,6 +117,29 @@ class CommonSpace:
         given = set(x.modalities if isinstance(x, MultimodalDataset) else x)
         return {m: v.numpy() for m, v in enc.items() if m in given}
 
+    def robustness(self, x: Mapping[str, Any], labels: Any, mask: Any = None, *,
+                   train: tuple[Mapping[str, Any], Any] | None = None, subsets: Any = None,
+                   drop_rates: tuple[float, ...] = (), ks: tuple[int, ...] = (10,), metric: str = "cosine",
+                   seed: int = 0) -> dict:
+        """Retrieval with the queries masked to each subset of modalities (:func:`commonspace.eval.robustness`):
+        the rows of ``x`` query each other, the database keeping every modality they have; ``train=(x, labels)``
+        adds the logistic probe of the joint embedding, fitted on those rows."""
+        from commonspace.eval.robustness import robustness
+
+        model = self._check_fitted()
+        parts = [(x, labels, mask)] + ([] if train is None else [(train[0], train[1], None)])
+        sets = [self._dataset(px, pm, np.asarray(py)) for px, py, pm in parts]
+        n = [d.n for d in sets]
+        feats = {m: torch.cat([d.features[m] for d in sets]) for m in model.modalities}
+        lab = torch.cat([d.labels for d in sets]) if all(d.labels is not None for d in sets) else None
+        idx = torch.arange(sum(n))
+        splits = {"query": idx[:n[0]]} | ({"train": idx[n[0]:]} if train is not None else {})
+        data = MultimodalDataset(feats, torch.cat([d.mask for d in sets]), lab, splits)
+        if self.standardizer_ is not None:
+            data = self.standardizer_.transform(data)
+        return robustness(model, data, query="query", subsets=subsets, drop_rates=drop_rates, ks=ks,
+                          probe_train="train" if train is not None else None, metric=metric, seed=seed)
+
     def fit_transform(self, x: MultimodalDataset | Mapping[str, Any], labels: Any = None,
                       mask: Any = None) -> np.ndarray:
         return self.fit(x, labels, mask).transform(x if not isinstance(x, Mapping) else dict(x))
