@@ -76,18 +76,13 @@ class RobustnessRows:
     def png(self, path: Path, title: str) -> Path:
         """Joint MAP against the number of modalities present, one line per method (mean over the subsets of
         each size and over seeds; drop-rate rows are not drawn)."""
-        from commonspace.eval.plots import plot_lines
+        from commonspace.eval.robustness import plot_size_curves
 
-        curves = {}
+        by_method: dict[str, dict[int, list[float]]] = {}
         for method, subs in self.values.items():
-            by: dict[int, list[float]] = {}
+            by = by_method.setdefault(method, {})
             for subset, vals in subs.items():
-                if subset.startswith("drop "):
-                    continue
-                by.setdefault(int(self.present[subset]), []).append(float(np.mean(vals["MAP"])))
-            xs = sorted(by)
-            curves[method] = (xs, [float(np.mean(by[x])) for x in xs])
-        ticks = sorted({x for xs, _ in curves.values() for x in xs})
+                if not subset.startswith("drop "):
+                    by.setdefault(int(self.present[subset]), []).append(float(np.mean(vals["MAP"])))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return plot_lines(curves, path, xlabel="modalities present at query time", ylabel="joint MAP",
-                          xticks=ticks, title=title)
+        return plot_size_curves(by_method, path, "joint MAP", title)

@@ -663,10 +663,26 @@ class MultimodalDataset:
         which = torch.tensor(choices)[torch.randint(len(choices), (k,), generator=g)]
         mask = self.mask.clone()
         mask[chosen, which] = False
-        feats = {m: x.clone() for m, x in self.features.items()}
+        return self.with_mask(mask)
+
+    def with_mask(self, mask: Tensor) -> MultimodalDataset:
+        """A copy with presence ``mask`` (N, M) in this dataset's modality order, which may only remove
+        modalities: the rows it marks missing are zeroed (the library's one convention for a missing modality)."""
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if tuple(mask.shape) != tuple(self.mask.shape):
+            raise DataError(f"mask has shape {tuple(mask.shape)}; expected {tuple(self.mask.shape)} = (samples, "
+                            f"modalities in order {list(self.modalities)})")
+        if bool((mask & ~self.mask).any()):
+            raise DataError("with_mask can only mark modalities missing, not present; build a new dataset to add "
+                            "modalities")
+        feats = {}
         for j, m in enumerate(self.modalities):
-            rows = chosen[which == j]
-            feats[m][rows] = 0
+            gone = self.mask[:, j] & ~mask[:, j]
+            x = self.features[m]
+            if bool(gone.any()):
+                x = x.clone()
+                x[gone] = 0
+            feats[m] = x
         return self.replace(feats, mask)
 
     def summary(self) -> dict:

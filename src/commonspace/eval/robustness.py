@@ -35,8 +35,8 @@ from torch import Tensor
 from commonspace.data.dataset import DataError, MultimodalDataset
 from commonspace.eval.retrieval import retrieval_metrics
 
-__all__ = ["all_subsets", "check_drop_rate", "parse_subsets", "plot_robustness", "probe_score", "random_drop_mask",
-           "robustness", "subset_name", "summary_rows"]
+__all__ = ["all_subsets", "check_drop_rate", "parse_subsets", "plot_robustness", "plot_size_curves", "probe_score",
+           "random_drop_mask", "robustness", "subset_name", "summary_rows"]
 
 #: more modalities than this give 2^M - 1 > 1023 subsets: list the ones wanted instead
 MAX_ALL_SUBSETS = 10
@@ -98,19 +98,6 @@ def random_drop_mask(mask: Tensor, p: float, seed: int = 0) -> Tensor:
         todo = torch.zeros_like(todo)
         todo[rows] = ~keep.any(1)
     return out
-
-
-def _masked(data: MultimodalDataset, mask: Tensor) -> MultimodalDataset:
-    """``data`` with ``mask`` (in the data's modality order) and the features of masked rows zeroed."""
-    feats = {}
-    for j, m in enumerate(data.modalities):
-        gone = data.mask[:, j] & ~mask[:, j]
-        x = data.features[m]
-        if bool(gone.any()):
-            x = x.clone()
-            x[gone] = 0
-        feats[m] = x
-    return data.replace(feats, mask)
 
 
 def _index(data: MultimodalDataset, index: Tensor | str | None, what: str) -> Tensor:
@@ -184,7 +171,7 @@ def robustness(
         qd = data.subset(rows)
         m = qd.mask.clone()
         m[:, cols] = qmask[keep]
-        qd = _masked(qd, m)
+        qd = qd.with_mask(m)
         joint = model.embed_dataset(qd)
         ex = where[rows]
         rec: dict[str, Any] = {"queries": int(rows.numel()), "left_out": int((~keep).sum()),
@@ -229,7 +216,8 @@ def robustness(
         rec, rows, joint = evaluate(qmask)
         info.setdefault("present", rec["present_mean"])
         out_rows.append({"subset": name, **info, **rec})
-        probe_tests[name] = (joint.numpy(), y[rows].numpy())
+        if probe_train is not None:
+            probe_tests[name] = (joint.numpy(), y[rows].numpy())
     if probe_train is not None:
         from commonspace.eval.probe import logistic_probe_many
 
@@ -275,9 +263,7 @@ def plot_robustness(results: Mapping[str, Mapping[str, Any]], path: str | Path, 
                     title: str | None = None) -> Path:
     """PNG of the joint ``metric`` (``"map"``, ``"p@K"``, ``"map@K"`` or ``"probe"``) against the number of
     present modalities, one line per run (mean over the subsets of each size; drop-rate rows are not drawn)."""
-    from commonspace.eval.plots import plot_lines
-
-    curves = {}
+    by_run: dict[str, dict[int, list[float]]] = {}
     for label, res in results.items():
         by: dict[int, list[float]] = {}
         for r in res["rows"]:
@@ -290,9 +276,17 @@ def plot_robustness(results: Mapping[str, Mapping[str, Any]], path: str | Path, 
             by.setdefault(int(r["present"]), []).append(float(v))
         if not by:
             raise DataError(f"run {label!r} has no subset rows to plot")
-        xs = sorted(by)
-        curves[label] = (xs, [float(np.mean(by[x])) for x in xs])
+        by_run[label] = by
     name = "probe accuracy" if metric == "probe" else f"joint {metric.upper() if metric == 'map' else metric}"
+    return plot_size_curves(by_run, path, name, title or f"{name} vs modalities present (mean over subsets)")
+
+
+def plot_size_curves(by_size: Mapping[str, Mapping[int, Sequence[float]]], path: str | Path, ylabel: str,
+                     title: str) -> Path:
+    """PNG of one line per label: the mean of its values at each number of present modalities."""
+    from commonspace.eval.plots import plot_lines
+
+    curves = {label: (sorted(by), [float(np.mean(by[x])) for x in sorted(by)]) for label, by in by_size.items()}
     ticks = sorted({x for xs, _ in curves.values() for x in xs})
-    return plot_lines(curves, path, xlabel="modalities present at query time", ylabel=name, xticks=ticks,
-                      title=title or f"{name} vs modalities present (mean over subsets)")
+    return plot_lines(curves, path, xlabel="modalities present at query time", ylabel=ylabel, xticks=ticks,
+                      title=title)

@@ -242,6 +242,12 @@ def _avg(res: dict[str, dict[str, float]], key: str) -> float:
     return float(np.mean([r[key] for r in res.values()]))
 
 
+def robust_add(robust: RobustnessRows, data: MultimodalDataset, label: str, model: MultimodalModel,
+               seed: int) -> None:
+    """The model's robustness on the test split (each test item querying the others, P@50, probe on train)."""
+    robust.add(label, robustness(model, data, query="test", probe_train="train", ks=(50,), seed=seed), seed)
+
+
 # ------------------------------------------------------------------------------------ five mfeat modalities
 def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[ResultTable]:
     """CVS without / with attention, M-CVS after each stage, RVS with each reference: all 20 pairs."""
@@ -253,9 +259,6 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
     summary, pairs = Acc(), Acc()
     mods = list(MFEAT_VIEWS)
     robust = RobustnessRows(k=50)
-
-    def robust_add(label: str, model: MultimodalModel, seed: int) -> None:
-        robust.add(label, robustness(model, data, query="test", probe_train="train", ks=(50,), seed=seed), seed)
 
     def record(label: str, model: MultimodalModel, encode: Callable, per_pair: str | None) -> None:
         res = pair_metrics(encode(model, data, test), yt, list(model.modalities))
@@ -274,15 +277,15 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
             if att:
                 record(f"{label}, strict", f.strict, encode_strict, "CVS+att strict")
                 record(f"{label}, paired", f.paired or f.strict, encode_paired, "CVS+att paired")
-                robust_add(label, f.paired or f.strict, seed)
+                robust_add(robust, data, label, f.paired or f.strict, seed)
             else:
                 record(label, f.strict, encode_strict, "CVS")
-                robust_add(label, f.strict, seed)
+                robust_add(robust, data, label, f.strict, seed)
         for label, chp in CONTRASTIVE.items():
             seed_everything(seed)
             f = fit(create("contrastive", data.dims, **hp, **chp), data, seed, s, ctx.progress)
             record(label, f.strict, encode_strict, label.split(" (")[0])
-            robust_add(label, f.strict, seed)
+            robust_add(robust, data, label, f.strict, seed)
 
         prev = None
         order = s.stage_order
@@ -296,7 +299,7 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
                    "M-CVS strict" if last else None)
             if last:
                 record(f"M-CVS stage {k + 1}, paired", f.paired or f.strict, encode_paired, "M-CVS paired")
-                robust_add("M-CVS", f.paired or f.strict, seed)
+                robust_add(robust, data, "M-CVS", f.paired or f.strict, seed)
             prev = f.strict
 
         for ref in s.references:
@@ -310,7 +313,7 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
                 prev = f.strict
             record(f"RVS (ref {ref}), strict", f.strict, encode_strict, f"RVS {ref} strict")
             record(f"RVS (ref {ref}), paired", f.paired or f.strict, encode_paired, f"RVS {ref} paired")
-            robust_add(f"RVS (ref {ref})", f.paired or f.strict, seed)
+            robust_add(robust, data, f"RVS (ref {ref})", f.paired or f.strict, seed)
 
     def paper(label: str) -> dict[str, str]:
         key = label
@@ -389,8 +392,7 @@ def run_pair(ctx: BenchContext, s: Settings, key: str, data: MultimodalDataset) 
             if att:
                 settings.append(("paired", f.paired or f.strict, encode_paired))
                 cvs_att = f.strict
-            robust.add(label, robustness(f.paired or f.strict, data, query="test", probe_train="train", ks=(50,),
-                                         seed=seed), seed)
+            robust_add(robust, data, label, f.paired or f.strict, seed)
             for name, model, enc in settings:
                 row = label if not att else f"{label}, {name}"
                 res = pair_metrics(enc(model, data, test), yt, [q, d])
@@ -408,8 +410,7 @@ def run_pair(ctx: BenchContext, s: Settings, key: str, data: MultimodalDataset) 
                 t6.add(label, f"{pk} MAP", res[pk]["MAP"])
                 full.setdefault(label, {}).setdefault(pk, []).append(res[pk]["MAP"])
             t6.add(label, "avg mAP@50", _avg(res, "mAP@50"))
-            robust.add(label, robustness(f.strict, data, query="test", probe_train="train", ks=(50,), seed=seed),
-                       seed)
+            robust_add(robust, data, label, f.strict, seed)
         assert cvs_att is not None
         for gsize in s.class_group_sizes:
             _stagewise(ctx, s, data, seed, gsize, n_cls, stagewise[gsize], cvs_att, q, d)
