@@ -1,7 +1,7 @@
 """Tiny models and a training entry point for the trainer / checkpoint / resume / DDP tests.
 
 Importable (``from helpers_train import ...``) and runnable as a script (also under torchrun):
-``python tests/helpers_train.py --out DIR --epochs 4 [--stop-after 2] [--save final.safetensors]``.
+``python tests/helpers_train.py --out DIR --epochs 4 [--stop-after 2] [--save final.safetensors] [--folder F]``.
 """
 
 from __future__ import annotations
@@ -144,10 +144,23 @@ def final_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in state_for_saving(model)[0].items()}
 
 
+def folder_data(folder: str | Path) -> MultimodalDataset:
+    """``make_data()`` as a memory-mapped float32 dataset folder (written once; the values are exact)."""
+    from commonspace.data.folder import open_folder, write_folder
+
+    folder = Path(folder)
+    if not (folder / "meta.json").is_file():
+        write_folder(make_data(), folder, dtype="float32", chunk_rows=10)
+    return open_folder(folder)
+
+
 def run_training(out_dir: str | Path | None, *, epochs: int = 4, dropout: float = 0.0, stop_after: int | None = None,
                  batch_size: int = 16, optimizer: str = "adam", seed: int = 0, staged: bool = False,
-                 resume: bool = True, patience: int | None = None) -> tuple[ToyLinear, list[dict]]:
-    """Seeded training of the toy model; ``stop_after=k`` kills the process (os._exit) after epoch k's checkpoint."""
+                 resume: bool = True, patience: int | None = None,
+                 folder: str | Path | None = None) -> tuple[ToyLinear, list[dict]]:
+    """Seeded training of the toy model; ``stop_after=k`` kills the process (os._exit) after epoch k's checkpoint.
+
+    ``folder``: train on ``make_data()`` memory-mapped from that dataset folder instead of in memory."""
     model = build_model(dropout=dropout, staged=staged, seed=seed)
     cfg = TrainConfig.for_model(model, epochs=epochs, batch_size=batch_size, optimizer=optimizer, seed=seed,
                                 out_dir=None if out_dir is None else Path(out_dir), progress=False,
@@ -159,7 +172,7 @@ def run_training(out_dir: str | Path | None, *, epochs: int = 4, dropout: float 
                 os._exit(3)  # abrupt: no cleanup, no flushing, like a SIGKILL right after the checkpoint
         callbacks.append(die)
     trainer = Trainer(model, cfg, callbacks=callbacks)
-    history = trainer.fit(make_data(), resume=resume)
+    history = trainer.fit(make_data() if folder is None else folder_data(folder), resume=resume)
     return model, history
 
 
@@ -173,9 +186,11 @@ def main() -> None:
     ap.add_argument("--optimizer", default="adam")
     ap.add_argument("--staged", action="store_true")
     ap.add_argument("--save", default=None, help="write the final weights here (rank 0)")
+    ap.add_argument("--folder", default=None, help="train on the data memory-mapped from this dataset folder")
     args = ap.parse_args()
     model, _ = run_training(args.out, epochs=args.epochs, dropout=args.dropout, stop_after=args.stop_after,
-                            batch_size=args.batch_size, optimizer=args.optimizer, staged=args.staged)
+                            batch_size=args.batch_size, optimizer=args.optimizer, staged=args.staged,
+                            folder=args.folder)
     if args.save and int(os.environ.get("RANK", 0)) == 0:
         save_file(final_state(model), args.save)
     from commonspace.train import cleanup_distributed

@@ -189,7 +189,7 @@ def test_save_embeddings_npz(tmp_path):
     arrays, meta = load_embeddings(p)
     np.testing.assert_allclose(arrays["image"], z["image"].numpy())
     assert meta == {"model": "cca", "dim": 3} and set(arrays) == {"image", "text", "labels"}
-    with pytest.raises(DataError, match=r"\.npz or \.parquet"):
+    with pytest.raises(DataError, match=r"\.npz, \.parquet or a folder"):
         save_embeddings(tmp_path / "emb.csv", z)
 
 

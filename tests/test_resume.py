@@ -80,3 +80,14 @@ def test_checkpoint_every_resumes_from_the_last_written_epoch(tmp_path):
     assert seen == [3, 4, 5]
     ref, _ = go(tmp_path / "b")
     assert _equal(final_state(resumed), final_state(ref))
+
+
+def test_killed_run_on_a_dataset_folder_resumes_to_the_in_memory_weights(tmp_path):
+    """Issue 15: a run reading memory-mapped batches, killed after a checkpoint and resumed, ends with the weights
+    of an unbroken run on the same data held in memory."""
+    folder = tmp_path / "data"
+    _killed_run(tmp_path / "run", 2, "--epochs", "4", "--dropout", "0.3", "--folder", str(folder))
+    resumed, hist = run_training(tmp_path / "run", epochs=4, dropout=0.3, folder=folder)
+    reference, ref_hist = run_training(tmp_path / "ref", epochs=4, dropout=0.3)
+    assert _equal(final_state(resumed), final_state(reference))
+    assert [h["train"] for h in hist] == [h["train"] for h in ref_hist]

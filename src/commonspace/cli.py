@@ -259,27 +259,33 @@ def _index(ds, split: str | None):
 @_guard
 def embed(
     model: Annotated[Path, typer.Option(help="run folder or model folder")],
-    data: Annotated[str, typer.Option(help="builtin name, .npz file or .toml spec")],
-    out_path: Annotated[Path, typer.Option("--out", help=".npz or .parquet file to write")],
+    data: Annotated[str, typer.Option(help="builtin name, .npz file, .toml spec, .h5 file or dataset folder")],
+    out_path: Annotated[Path, typer.Option("--out", help=".npz or .parquet file, or a folder (a path without a "
+                                           "suffix: one memory-mappable .npy per array)")],
     split: Annotated[str, typer.Option(help="split name, or 'all'")] = "all",
     modalities: Annotated[str | None, typer.Option()] = None,
     data_root: Annotated[Path | None, typer.Option()] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="rows embedded (and written) at a time")] = 1024,
 ) -> None:
-    """Write per-modality encodings (enc_<m>), the joint embedding (joint), mask and labels."""
-    from commonspace.data.io import save_embeddings
+    """Write per-modality encodings (enc_<m>), the joint embedding (joint), mask, index and labels.
+
+    Streams: one batch is held at a time, whatever the split's size."""
+    from commonspace.data.embedfiles import EmbeddingWriter
+    from commonspace.train.logging import Progress
 
     m, ds = _load(model, data, modalities, data_root)
     idx = _index(ds, split)
-    enc = m.encode_dataset(ds, idx)
-    joint = m.embed_dataset(ds, idx)
-    b = ds.batch(idx)
-    arrays = {f"enc_{k}": v for k, v in enc.items()}
-    arrays.update(joint=joint, mask=b.mask, index=b.index)
-    if b.labels is not None:
-        arrays["labels"] = b.labels
-    save_embeddings(out_path, arrays, meta={"model": m.name, "modalities": list(m.modalities), "split": split})
-    console.print(f"wrote {out_path}: joint {tuple(joint.shape)}, "
-                  + ", ".join(f"{k} {tuple(v.shape)}" for k, v in enc.items()))
+    rows = ds.n if idx is None else int(idx.numel())
+    meta = {"model": m.name, "modalities": list(m.modalities), "split": split}
+    shapes: dict[str, tuple[int, ...]] = {}
+    with EmbeddingWriter(out_path, rows, meta) as w, Progress(True) as bar:
+        bar.start_stage("embed", rows)
+        for chunk in m.iter_embeddings(ds, idx, batch_size):
+            w.write(chunk)
+            shapes = shapes or {k: tuple(v.shape[1:]) for k, v in chunk.items() if k == "joint" or k[:4] == "enc_"}
+            bar.advance(len(chunk["joint"]))
+    console.print(escape(f"wrote {out_path}: {rows} rows; " + ", ".join(f"{k} {(rows, *v)}" for k, v in
+                                                                        shapes.items())), soft_wrap=True)
 
 
 @app.command()
@@ -491,16 +497,25 @@ app.add_typer(index_app, name="index")
 @index_app.command("build")
 @_guard
 def index_build(
-    embeddings: Annotated[Path, typer.Option("--embeddings", help=".npz written by `commonspace embed`")],
+    embeddings: Annotated[Path, typer.Option("--embeddings", help=".npz, .parquet or embeddings folder written "
+                                             "by `commonspace embed` (a folder is memory-mapped)")],
     out_path: Annotated[Path, typer.Option("--out", help="the index file to write (one .npz)")],
     key: Annotated[str, typer.Option(help="array to index: joint, enc_<modality>, or codes")] = "joint",
-    factory: Annotated[str, typer.Option(help="FAISS factory string: Flat, HNSW32, IVF256,Flat, BFlat")] = "Flat",
+    factory: Annotated[str, typer.Option(help="FAISS factory string: Flat, HNSW32, IVF256,Flat, IVF4096,PQ64, "
+                                         "BFlat")] = "Flat",
     metric: Annotated[str, typer.Option(help="cosine, ip or l2 (ignored for binary codes)")] = "cosine",
+    train_size: Annotated[int | None, typer.Option(min=1, help="rows sampled to train IVF / PQ indexes (default: "
+                                                   "50 per IVF list, at least 65536, at most all)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the training sample")] = 0,
+    nprobe: Annotated[int | None, typer.Option(min=1, help="IVF lists visited per query (saved with the "
+                                               "index)")] = None,
+    chunk_rows: Annotated[int, typer.Option(min=1, help="rows read and added at a time")] = 65536,
 ) -> None:
     """Index one array of an embeddings file; ids are the rows' dataset indices."""
     from commonspace.index import build_index_from_file
 
-    idx = build_index_from_file(embeddings, out_path, key=key, factory=factory, metric=metric)
+    idx = build_index_from_file(embeddings, out_path, key=key, factory=factory, metric=metric,
+                                train_size=train_size, seed=seed, nprobe=nprobe, chunk_rows=chunk_rows)
     console.print(f"wrote {out_path}: {idx.ntotal} items, {idx.dim}-{'bit' if key == 'codes' else 'd'}, "
                   f"factory {idx.factory!r}")
 

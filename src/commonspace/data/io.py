@@ -571,11 +571,19 @@ def save_embeddings(
 
     ``.npz``: one array per name plus a ``__meta__`` JSON string. ``.parquet`` (needs pyarrow): one
     column per name, 2-D arrays as fixed-size list columns, all with the same number of rows; ``meta``
-    goes into the schema metadata as JSON.
+    goes into the schema metadata as JSON. A path without a suffix: an embeddings folder (one ``.npy`` per
+    array, row-aligned; :mod:`commonspace.data.embedfiles`, which also writes any of the three chunk by chunk).
     """
+    from commonspace.data.embedfiles import embedding_kind, write_embeddings
+
     path = Path(path).expanduser()
     if not arrays:
         raise DataError("save_embeddings needs at least one array")
+    if embedding_kind(path) == "folder":
+        rows = {int(np.shape(v)[0]) if np.ndim(v) else 1 for v in arrays.values()}
+        if len(rows) != 1:
+            raise DataError(f"{path}: an embeddings folder needs arrays with one row count, got {sorted(rows)}")
+        return write_embeddings(path, [arrays], rows.pop(), meta)
     data = {str(k): _np(v) for k, v in arrays.items()}
     for k, v in data.items():
         if v.dtype.kind == "O":
@@ -614,7 +622,13 @@ def save_embeddings(
 
 
 def load_embeddings(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """Read what :func:`save_embeddings` wrote: ``(arrays, meta)``."""
+    """Read what :func:`save_embeddings` (or ``commonspace embed``) wrote: ``(arrays, meta)``.
+
+    An embeddings folder's arrays are read-only memory maps (checksums verified in one chunked pass)."""
+    if Path(path).expanduser().is_dir():
+        from commonspace.data.embedfiles import read_embeddings_folder
+
+        return read_embeddings_folder(path)
     p = _existing(path)
     suf = _suffix(p)
     if suf == ".npz":
@@ -641,4 +655,4 @@ def load_embeddings(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
                 out[name] = col.to_numpy(zero_copy_only=False)
         raw = (table.schema.metadata or {}).get(b"commonspace", b"{}")
         return out, json.loads(raw)
-    raise DataError(f"{p}: embeddings files are .npz or .parquet")
+    raise DataError(f"{p}: embeddings files are .npz, .parquet or an embeddings folder")

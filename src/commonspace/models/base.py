@@ -7,7 +7,7 @@ import inspect
 import numbers
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -131,19 +131,41 @@ class MultimodalModel(nn.Module):
                 raise DataError(f"modality {m!r} has shape {data.dims[m]} but the model expects {self.dims[m]}; "
                                 "use a model built for these dimensions")
 
-    @torch.no_grad()
+    def iter_outputs(self, data: MultimodalDataset, fn: Callable[[Batch], Any], index: Tensor | str | None = None,
+                     batch_size: int = 1024) -> Iterator[Any]:
+        """``fn(batch)`` over the data in eval mode without gradients, one batch at a time, moved to the CPU."""
+        self.check_data(data)
+        was = self.training
+        dev = next(iter(self.parameters()), torch.empty(0)).device
+        try:
+            for b in data.select(list(self.modalities)).iter_batches(index, batch_size):
+                self.eval()  # again per batch: the consumer may train between two of them
+                with torch.no_grad():
+                    out = fn(b.to(dev))
+                yield {k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu()
+        finally:
+            self.train(was)
+
     def apply_batches(self, data: MultimodalDataset, fn: Callable[[Batch], Any], index: Tensor | str | None = None,
                       batch_size: int = 1024) -> Any:
         """Run ``fn`` over the data in eval mode and concatenate tensors (or dicts of tensors)."""
-        self.check_data(data)
-        was = self.training
-        self.eval()
-        dev = next(iter(self.parameters()), torch.empty(0)).device
-        outs = [fn(b.to(dev)) for b in data.select(list(self.modalities)).iter_batches(index, batch_size)]
-        self.train(was)
+        outs = list(self.iter_outputs(data, fn, index, batch_size))
         if isinstance(outs[0], dict):
-            return {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
-        return torch.cat(outs).cpu()
+            return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+        return torch.cat(outs)
+
+    def iter_embeddings(self, data: MultimodalDataset, index: Tensor | str | None = None,
+                        batch_size: int = 1024) -> Iterator[dict[str, Tensor]]:
+        """Per batch: ``enc_<m>`` for each modality, ``joint``, ``mask`` (B, M) in the model's modality order,
+        ``index`` (dataset rows) and ``labels`` when the data has them: what ``commonspace embed`` streams."""
+        def one(b: Batch) -> dict[str, Tensor]:
+            out = {f"enc_{k}": v for k, v in self.encode(b).items()}
+            out.update(joint=self.embed(b), mask=b.mask, index=b.index)
+            if b.labels is not None:
+                out["labels"] = b.labels
+            return out
+
+        return self.iter_outputs(data, one, index, batch_size)
 
     def encode_dataset(self, data: MultimodalDataset, index: Tensor | str | None = None) -> dict[str, Tensor]:
         return self.apply_batches(data, self.encode, index)
