@@ -456,3 +456,49 @@ def test_cli_convert_npz_and_failures_leave_nothing(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     r = _run("train", "--data", tmp_path / "plain", "--model", "bidnn", "--out", tmp_path / "r2", "--no-progress")
     assert r.exit_code == 2 and "meta.json" in r.output
+
+
+# ------------------------------------------------------------------ resident memory
+def _mapped_kib(name: str) -> int | None:
+    """Resident KiB of this process's mappings of files called ``name`` (/proc/self/smaps), None off Linux."""
+    try:
+        text = Path("/proc/self/smaps").read_text()
+    except OSError:
+        return None
+    total, inside = 0, False
+    for line in text.splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line: range perms offset dev inode [path]
+            inside = len(head) >= 6 and head[-1].endswith("/" + name)
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(_mapped_kib("x") is None, reason="needs Linux /proc/self/smaps to measure resident pages")
+def test_reading_a_whole_folder_keeps_the_resident_set_bounded(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mapped pages are dropped from the resident set every RELEASE_BYTES: the verifying pass, a standardisation
+    pass and an epoch of random batches over a 48 MB modality keep at most a few MB of it resident (a chunk, the
+    budget, and the pages the kernel maps around a batch's scattered rows)."""
+    from commonspace.data import dataset as dataset_mod
+
+    n, d = 12_000, 1000  # 48 MB of float32
+    rng = np.random.default_rng(0)
+    out = write_folder(MultimodalDataset({"a": rng.normal(size=(n, d)).astype(np.float32)},
+                                         splits={"train": torch.arange(n)}), tmp_path / "f", dtype="float32")
+    monkeypatch.setattr(dataset_mod, "RELEASE_BYTES", 1 << 20)
+    ds = open_folder(out, chunk_rows=500)  # the verifying pass reads every byte once, 2 MB at a time
+    peak = _mapped_kib("x_a.npy")
+    ds = Standardizer.for_vectors(ds, "train").transform(ds)
+    peak = max(peak, _mapped_kib("x_a.npy"))
+    for b in ds.iter_batches("train", batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        assert b.features["a"].shape[1] == d
+        peak = max(peak, _mapped_kib("x_a.npy"))
+    assert peak < 6 * 1024, f"{peak} KiB of a 48 MB modality stayed resident"
+    # without the releases the same epoch keeps every page it touched
+    monkeypatch.setattr(dataset_mod, "RELEASE_BYTES", 1 << 40)
+    ds2 = open_folder(out, verify=False)
+    for _ in ds2.iter_batches(None, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        pass
+    assert _mapped_kib("x_a.npy") > 40 * 1024

@@ -6,6 +6,7 @@ A missing modality is stored as zeros with ``mask=False``; models read the mask,
 from __future__ import annotations
 
 import math
+import mmap
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -87,6 +88,47 @@ def _bad_rows_message(m: str, rows: list[int]) -> str:
             "or mark the modality missing with mask=False and zeros")
 
 
+#: bytes read or written through one memory map between two releases of its pages (see :func:`release_pages`)
+RELEASE_BYTES = 256 << 20
+#: what one scattered row read maps in: Linux maps the 16 pages around a faulting page of a file (fault-around)
+_FAULT_AROUND = 64 << 10
+
+
+def release_pages(arr: Any) -> None:
+    """Drop the pages of a numpy memmap from this process's resident set (``madvise(MADV_DONTNEED)``).
+
+    Pages of a file mapping stay resident in the process once touched, so reading (or writing) a whole file
+    through a map would grow the resident set to the file's size; dropped pages stay in the kernel's page cache
+    (the data is not lost or re-read from disk) and fault back in on the next access. Dirty pages are flushed
+    first. A no-op for anything that is not a memmap, or where madvise is unavailable.
+    """
+    mm = getattr(arr, "_mmap", None)
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if mm is None or advice is None or not hasattr(mm, "madvise"):
+        return
+    try:
+        if getattr(arr, "mode", "r") != "r":
+            mm.flush()
+        mm.madvise(advice)
+    except (OSError, ValueError):  # closed, or refused by this kernel: only the resident-set bound is lost
+        pass
+
+
+class PageBudget:
+    """Counts bytes moved through a memmap and releases its pages every :data:`RELEASE_BYTES`."""
+
+    def __init__(self, arr: Any, budget: int | None = None) -> None:
+        self.arr = arr
+        self.budget = RELEASE_BYTES if budget is None else budget
+        self.used = 0
+
+    def add(self, nbytes: int) -> None:
+        self.used += int(nbytes)
+        if self.used >= self.budget:
+            release_pages(self.arr)
+            self.used = 0
+
+
 class LazyArray:
     """Rows of an on-disk array (a numpy memmap or an h5py dataset) that are read only when gathered.
 
@@ -135,15 +177,28 @@ class LazyArray:
         return chunk_rows_for(math.prod(self.shape[1:]), self.chunk_rows)
 
     # ------------------------------------------------------------- reads
+    def _pages(self) -> PageBudget | None:
+        """The page budget of a memmap source, shared by every view of it (None for HDF5 and in-memory sources)."""
+        if not isinstance(self.source, np.memmap):
+            return None
+        if "pages" not in self._state:
+            self._state["pages"] = PageBudget(self.source)
+        return self._state["pages"]
+
     def _gather(self, src: np.ndarray) -> np.ndarray:
         """float32 source rows ``src`` in that order, read once each in increasing order."""
         if src.size == 0:
             return np.empty((0, *self.shape[1:]), dtype=np.float32)
         lo, hi = int(src[0]), int(src[-1])
         if hi - lo + 1 == src.size and (src.size == 1 or bool(np.all(np.diff(src) == 1))):
-            return np.array(self.source[lo:hi + 1], dtype=np.float32)  # a contiguous run: one slice
-        uniq, inv = np.unique(src, return_inverse=True)
-        return np.asarray(self.source[uniq], dtype=np.float32)[inv.reshape(-1)]
+            out = np.array(self.source[lo:hi + 1], dtype=np.float32)  # a contiguous run: one slice
+        else:
+            uniq, inv = np.unique(src, return_inverse=True)
+            out = np.asarray(self.source[uniq], dtype=np.float32)[inv.reshape(-1)]
+        pages = self._pages()
+        if pages is not None:  # a resident set bounded whatever the file's size
+            pages.add(max(out.size * self.dtype.itemsize, src.size * _FAULT_AROUND))
+        return out
 
     def take(self, index: np.ndarray | Tensor | Sequence[int]) -> Tensor:
         """float32 rows ``index`` (of this view, any order, repeats allowed) as a new tensor."""
@@ -206,8 +261,11 @@ class LazyArray:
         big: list[int] = []
         peak_big, peak_int = 0.0, 0
         step = chunk_rows_for(math.prod(src.shape[1:]), self.chunk_rows)
+        pages = self._pages()
         for s in range(0, n, step):
             c = np.asarray(src[s:s + step])
+            if pages is not None:
+                pages.add(c.nbytes)
             if on_chunk is not None:
                 on_chunk(c)
             flat = c.reshape(c.shape[0], -1)
@@ -254,6 +312,7 @@ class LazyArray:
     # ------------------------------------------------------------- pickling (reopens the file, never copies it)
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state["_state"] = {k: v for k, v in self._state.items() if k != "pages"}  # the budget holds the map
         src = self.source
         if isinstance(src, np.memmap) and getattr(src, "filename", None):
             state["source"] = ("npy", str(src.filename))

@@ -36,7 +36,7 @@ import torch
 from numpy.lib import format as npformat
 from numpy.lib.format import open_memmap
 
-from commonspace.data.dataset import DataError
+from commonspace.data.dataset import DataError, PageBudget, release_pages
 
 __all__ = ["FORMAT", "EmbeddingWriter", "embedding_kind", "is_embeddings_folder", "read_embeddings_folder",
            "write_embeddings"]
@@ -107,6 +107,7 @@ class EmbeddingWriter:
         self._done = 0
         self._maps: dict[str, np.memmap] = {}
         self._hash: dict[str, Any] = {}
+        self._pages: dict[str, PageBudget] = {}
         self._tmp: Path | None = None
         from commonspace.data.folder import _sweep_stale_dirs
         from commonspace.data.io import _host_tag, _signals_deferred
@@ -145,7 +146,7 @@ class EmbeddingWriter:
             h = hashlib.sha256()
             with open(self._tmp / f"{name}.npy", "rb") as fh:  # the header open_memmap wrote
                 h.update(fh.read(mm.offset))
-            self._maps[name], self._hash[name] = mm, h
+            self._maps[name], self._hash[name], self._pages[name] = mm, h, PageBudget(mm)
 
     def write(self, chunk: Mapping[str, Any]) -> None:
         """Append the next rows of every array (the same names, and the same row count, each time)."""
@@ -170,6 +171,7 @@ class EmbeddingWriter:
             out = np.ascontiguousarray(a, dtype=mm.dtype)
             mm[self._done:self._done + rows] = out
             self._hash[name].update(out)
+            self._pages[name].add(out.nbytes)
         self._done += rows
 
     # ------------------------------------------------------------------ committing
@@ -187,6 +189,7 @@ class EmbeddingWriter:
             files = {}
             for name, mm in self._maps.items():
                 mm.flush()
+                release_pages(mm)
                 files[name] = {"file": f"{name}.npy", "shape": list(mm.shape), "dtype": str(mm.dtype),
                                "sha256": self._hash[name].hexdigest(),
                                "bytes": (self._tmp / f"{name}.npy").stat().st_size}

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from commonspace.data.dataset import _NAME, DataError, LazyArray, MultimodalDataset, chunk_rows_for
+from commonspace.data.dataset import _NAME, DataError, LazyArray, MultimodalDataset, PageBudget, chunk_rows_for
 
 __all__ = ["FORMAT", "VERSION", "is_folder", "open_folder", "write_folder"]
 
@@ -89,6 +89,7 @@ def _write_features(path: Path, m: str, held: Any, dtype: str, step: int) -> dic
     with open(path, "rb") as fh:  # the header open_memmap wrote, which the checksum covers too
         h.update(fh.read(mm.offset))
     n = shape[0]
+    pages = PageBudget(mm)  # written pages leave the resident set as they go (flushed first)
     for s in range(0, n, step):
         e = min(n, s + step)
         chunk = _rows(held, s, e)
@@ -103,6 +104,7 @@ def _write_features(path: Path, m: str, held: Any, dtype: str, step: int) -> dic
         out = np.ascontiguousarray(chunk, dtype=mm.dtype)
         mm[s:e] = out
         h.update(out)
+        pages.add(out.nbytes)
     mm.flush()
     del mm
     _fsync(path)
