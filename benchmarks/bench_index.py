@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -77,7 +78,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="batch searches timed (median)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--indexes", default="flat,hnsw,ivf,bflat,bhnsw", help="comma list of flat, hnsw, ivf, "
-                    "bflat, bhnsw, bivf")
+                    "ivfpq, bflat, bhnsw, bivf")
+    ap.add_argument("--pq", type=int, default=64, help="PQ sub-quantisers of ivfpq (8 bits each)")
+    ap.add_argument("--folder", type=Path, default=None, help="build ivf / ivfpq the way `commonspace index build` "
+                    "does: write the vectors as an embeddings folder here, then memory-map and index it in chunks")
     ap.add_argument("--ef", default="16,64,128", help="HNSW efSearch values")
     ap.add_argument("--nprobe", default="8,32", help="IVF nprobe values")
     ap.add_argument("--nlist", type=int, default=4096, help="IVF lists")
@@ -105,7 +109,7 @@ def main() -> None:
 
     # float: exact ground truth from Flat (needed by every float row, so always built when any is asked)
     exact = None
-    if which & {"flat", "hnsw", "ivf"}:
+    if which & {"flat", "hnsw", "ivf", "ivfpq"}:
         t0 = time.perf_counter()
         flat = EmbeddingIndex.build(x, factory="Flat", metric="cosine")
         build = time.perf_counter() - t0
@@ -128,11 +132,28 @@ def main() -> None:
     if "hnsw" in which:
         sweep("HNSW32", lambda: EmbeddingIndex.build(x, factory="HNSW32", metric="cosine"), "ef_search",
               _ints(args.ef), lambda i: i.search, q, lambda f: _recall_ids(f[1], exact))
-    if "ivf" in which:
-        sample = x[rng.choice(args.n, size=min(args.train, args.n), replace=False)]
-        sweep(f"IVF{args.nlist},Flat", lambda: EmbeddingIndex.build(x, factory=f"IVF{args.nlist},Flat",
-                                                                     metric="cosine", train_vectors=sample),
-              "nprobe", _ints(args.nprobe), lambda i: i.search, q, lambda f: _recall_ids(f[1], exact))
+    if args.folder is not None and which & {"ivf", "ivfpq"}:
+        from commonspace.data.embedfiles import write_embeddings
+        from commonspace.index import build_index_from_file
+
+        step = 100_000
+        t0 = time.perf_counter()
+        write_embeddings(args.folder, ({"joint": x[s:s + step]} for s in range(0, args.n, step)), rows=args.n)
+        print(f"  embeddings folder written in {time.perf_counter() - t0:.1f} s", flush=True)
+    for kind, factory in (("ivf", f"IVF{args.nlist},Flat"), ("ivfpq", f"IVF{args.nlist},PQ{args.pq}")):
+        if kind not in which:
+            continue
+        if args.folder is not None:
+            def build_index(factory: str = factory) -> EmbeddingIndex:
+                return build_index_from_file(args.folder, args.folder.with_suffix(".index.npz"), factory=factory,
+                                             ids_key=None, train_size=min(args.train, args.n), seed=args.seed)
+        else:
+            sample = x[rng.choice(args.n, size=min(args.train, args.n), replace=False)]
+
+            def build_index(factory: str = factory, sample: np.ndarray = sample) -> EmbeddingIndex:
+                return EmbeddingIndex.build(x, factory=factory, metric="cosine", train_vectors=sample)
+        sweep(factory, build_index, "nprobe", _ints(args.nprobe), lambda i: i.search, q,
+              lambda f: _recall_ids(f[1], exact))
 
     # binary: codes = signs of a fixed random projection of the same clustered vectors
     if which & {"bflat", "bhnsw", "bivf"}:

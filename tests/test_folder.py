@@ -502,3 +502,20 @@ def test_reading_a_whole_folder_keeps_the_resident_set_bounded(tmp_path: Path,
     for _ in ds2.iter_batches(None, batch_size=256, shuffle=True, generator=torch.Generator().manual_seed(0)):
         pass
     assert _mapped_kib("x_a.npy") > 40 * 1024
+
+
+def test_masking_and_range_checks_read_lazily(tmp_path: Path) -> None:
+    """with_mask zeroes the rows it removes as batches are read, and value_range scans in chunks: neither loads
+    a memory-mapped modality, and both agree with the in-memory dataset."""
+    ds = _toy(n=50)
+    back = open_folder(write_folder(ds, tmp_path / "f", dtype="float32"), chunk_rows=7)
+    mask = back.mask.clone()
+    mask[:10, 0] = False
+    mask[5:20, 1] = False
+    z = back.with_mask(mask)
+    assert z.lazy_modalities == ("a", "img") and back.features._loaded == {}
+    ref = ds.with_mask(mask)
+    for m in ("a", "img"):
+        assert torch.equal(z.batch().features[m], ref.batch().features[m])
+        assert z.value_range(m) == ref.value_range(m) and back.value_range(m) == ds.value_range(m)
+    assert back.features._loaded == {} and z.features._loaded == {}

@@ -178,7 +178,7 @@ def models() -> None:
 @app.command()
 @_guard
 def train(
-    data: Annotated[str, typer.Option(help="builtin name, .npz file or .toml spec")],
+    data: Annotated[str, typer.Option(help="builtin name, .npz file, .toml spec, .h5 file or dataset folder")],
     model: Annotated[str, typer.Option(help="model name (see `commonspace models`)")],
     out_dir: Annotated[Path, typer.Option("--out", help="run folder: model/, checkpoint/, log.jsonl")],
     modalities: Annotated[str | None, typer.Option(help="comma-separated modalities to use")] = None,
@@ -293,7 +293,7 @@ def embed(
 def evaluate(
     model: Annotated[list[Path], typer.Option(help="run folder or model folder (repeat to compare runs with "
                                               "--subsets)")],
-    data: Annotated[str, typer.Option(help="builtin name, .npz file or .toml spec")],
+    data: Annotated[str, typer.Option(help="builtin name, .npz file, .toml spec, .h5 file or dataset folder")],
     split: Annotated[str, typer.Option(help="the split that queries itself, or 'all' (every row)")] = "test",
     k: Annotated[int, typer.Option(help="cut-off for P@K and mAP@K")] = 10,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the metrics as JSON")] = None,
@@ -434,7 +434,7 @@ def _evaluate_subsets(models: list[Path], data: str, split: str, k: int, json_ou
 @_guard
 def translate(
     model: Annotated[Path, typer.Option(help="run folder or model folder")],
-    data: Annotated[str, typer.Option()],
+    data: Annotated[str, typer.Option(help="builtin name, .npz file, .toml spec, .h5 file or dataset folder")],
     target: Annotated[str, typer.Option(help="the modality to produce")],
     out_path: Annotated[Path, typer.Option("--out")],
     split: Annotated[str, typer.Option()] = "all",

@@ -735,14 +735,36 @@ class MultimodalDataset:
             raise DataError("with_mask can only mark modalities missing, not present; build a new dataset to add "
                             "modalities")
         feats = {}
+        store = self._store()
         for j, m in enumerate(self.modalities):
             gone = self.mask[:, j] & ~mask[:, j]
-            x = self.features[m]
+            x = store[m]
             if bool(gone.any()):
-                x = x.clone()
-                x[gone] = 0
+                if isinstance(x, LazyArray):  # zeroed as each batch is read: nothing is loaded
+                    x = x.with_scale(torch.zeros(()), torch.ones(()), mask[:, j])
+                else:
+                    x = x.clone()
+                    x[gone] = 0
             feats[m] = x
         return self.replace(feats, mask)
+
+    def value_range(self, m: str) -> tuple[float, float] | None:
+        """``(min, max)`` of modality ``m`` over the rows where it is present (None if it is missing everywhere);
+        a lazy modality is read chunk by chunk, never whole."""
+        self.check_modalities([m])
+        rows = torch.nonzero(self.mask[:, self.modalities.index(m)]).flatten()
+        if rows.numel() == 0:
+            return None
+        x = self._store()[m]
+        if not isinstance(x, LazyArray):
+            v = x.index_select(0, rows)
+            return float(v.min()), float(v.max())
+        lo, hi = math.inf, -math.inf
+        step = x._step()
+        for s in range(0, rows.numel(), step):
+            c = x.take(rows[s:s + step])
+            lo, hi = min(lo, float(c.min())), max(hi, float(c.max()))
+        return lo, hi
 
     def summary(self) -> dict:
         return {

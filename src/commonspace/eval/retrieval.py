@@ -39,8 +39,8 @@ from commonspace.data.labels import canonical_labels, label_pair, pair_relevance
 __all__ = ["similarity", "retrieval_metrics", "cross_modal_retrieval", "precision_ceiling", "METRICS"]
 
 METRICS = ("cosine", "euclidean", "dot")
-#: elements of one (queries x database) chunk when ``chunk_size`` is not given (~16M: a few hundred MB peak)
-_CHUNK_ELEMENTS = 1 << 24
+#: elements of one (queries x database) chunk when ``chunk_size`` is not given (~8M: about 250 MB peak)
+_CHUNK_ELEMENTS = 1 << 23
 
 
 def _tensor(x: object, what: str) -> Tensor:

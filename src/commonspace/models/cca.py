@@ -110,8 +110,9 @@ class LinearCCA(MultimodalModel):
         self.check_data(data)
         idx = data.split(split) if split else torch.arange(data.n)
         rows = idx[self._complete(data, idx)]
-        x = data.features[self.m1].index_select(0, rows).reshape(rows.numel(), -1).double().numpy()
-        y = data.features[self.m2].index_select(0, rows).reshape(rows.numel(), -1).double().numpy()
+        pair = data.select([self.m1, self.m2]).batch(rows).features  # only these rows are read (lazy data)
+        x = pair[self.m1].reshape(rows.numel(), -1).double().numpy()
+        y = pair[self.m2].reshape(rows.numel(), -1).double().numpy()
         kmax = min(x.shape[1], y.shape[1]) if self._choose else self.k
         # one fit with every component: the first k columns are exactly the fit with k components
         mx, my, a, b, s = fit_cca(x, y, kmax, float(self.config["reg"]))

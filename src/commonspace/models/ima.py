@@ -286,10 +286,10 @@ class IMA(MultimodalModel):
         for m in self.modalities:
             if self.recon_kind[m] != "bce":
                 continue
-            x = data.features[m].reshape(data.n, -1)[data.mask[:, data.modalities.index(m)]]
-            if x.numel() and (x.min() < 0 or x.max() > 1):
-                raise DataError(f"modality {m!r} uses recon='bce' but its features span [{float(x.min()):.3g}, "
-                                f"{float(x.max()):.3g}]; scale them to [0, 1] or use recon='sse' for it")
+            span = data.value_range(m)
+            if span is not None and (span[0] < 0 or span[1] > 1):
+                raise DataError(f"modality {m!r} uses recon='bce' but its features span [{span[0]:.3g}, "
+                                f"{span[1]:.3g}]; scale them to [0, 1] or use recon='sse' for it")
 
 
 def bag_embed(model: MultimodalModel, items: Batch, bag_index: Tensor, n_bags: int, weighted: bool = True) -> Tensor:

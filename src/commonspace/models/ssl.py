@@ -214,8 +214,7 @@ class SSLModel(MultimodalModel):
         """Also: Bernoulli visible units need features in [0, 1]."""
         super().check_data(data)
         for m in self._bernoulli_inputs():
-            x = data.features[m]
-            lo, hi = float(x.min()), float(x.max())
+            lo, hi = data.value_range(m) or (0.0, 0.0)  # missing rows are zeros, inside [0, 1]
             if lo < 0.0 or hi > 1.0:
                 raise DataError(f"modality {m!r} has values in [{lo:.3g}, {hi:.3g}] but its visible units are "
                                 "Bernoulli, which need data in [0, 1]; scale it to [0, 1] or use Gaussian "
@@ -403,7 +402,7 @@ class MDBN(SSLModel):
         """Also: replicated-softmax (count) inputs need non-negative features."""
         super().check_data(data)
         for m in self._inputs_of("softmax"):
-            lo = float(data.features[m].min())
+            lo = (data.value_range(m) or (0.0, 0.0))[0]
             if lo < 0.0:
                 raise DataError(f"modality {m!r} has values down to {lo:.3g} but its visible units are a "
                                 "replicated softmax, which needs non-negative counts; do not standardise it (give "

@@ -91,10 +91,10 @@ def check_bernoulli_range(model: MultimodalModel, data: MultimodalDataset, kinds
     for m, kind in kinds.items():
         if kind != "bernoulli":
             continue
-        x = data.features[m].reshape(data.n, -1)[data.mask[:, data.modalities.index(m)]]
-        if x.numel() and (x.min() < 0 or x.max() > 1):
+        span = data.value_range(m)
+        if span is not None and (span[0] < 0 or span[1] > 1):
             raise DataError(f"modality {m!r} uses likelihood='bernoulli' but its features span "
-                            f"[{float(x.min()):.3g}, {float(x.max()):.3g}]; scale them to [0, 1] or use "
+                            f"[{span[0]:.3g}, {span[1]:.3g}]; scale them to [0, 1] or use "
                             f"likelihood='gaussian' for it")
 
 
