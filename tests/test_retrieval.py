@@ -348,3 +348,63 @@ def test_exclude_self_true_means_same_set():
                                                                                 exclude_self=torch.arange(30))
     with pytest.raises(DataError, match="exclude_self=True"):
         retrieval_metrics(x[:5], x, y[:5], y, exclude_self=True)
+
+
+def _lexsort_reference(scores, rel, exclude, ks, map_at, norm):
+    """Vectorised reference: rank by (-score, index) with np.lexsort, drop the excluded item, score each row."""
+    nq, nd = scores.shape
+    rel = rel.copy()
+    order = np.lexsort((np.broadcast_to(np.arange(nd), (nq, nd)), -scores.astype(np.float64)), axis=-1)
+    out = {"ap": [], "rp": [], **{f"p@{k}": [] for k in ks}, **{f"map@{k}": [] for k in map_at}}
+    for i in range(nq):
+        o = order[i][order[i] != exclude[i]] if exclude[i] >= 0 else order[i]
+        r = rel[i, o].astype(np.float64)
+        R = r.sum()
+        hits = np.cumsum(r)
+        prec = hits / np.arange(1, r.size + 1)
+        out["ap"].append((prec * r).sum() / R if R else np.nan)
+        out["rp"].append(hits[int(R) - 1] / R if R else np.nan)
+        for k in ks:
+            kk = min(k, r.size)
+            out[f"p@{k}"].append(hits[kk - 1] / kk if R else np.nan)
+        for k in map_at:
+            kk = min(k, r.size)
+            den = hits[kk - 1] if norm == "retrieved" else min(R, kk)
+            out[f"map@{k}"].append(((prec * r)[:kk].sum() / den if den else 0.0) if R else np.nan)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_radix_ranking_equals_a_lexsort_reference_at_size(multi, threads):
+    """Issue 15: the radix ranking gives what a plain (-score, index) lexsort gives, ties (-0.0 = 0.0) and exclusion
+    included, in every chunking and with the row blocks sorted in parallel threads."""
+    g = torch.Generator().manual_seed(7)
+    nq, nd = 120, 3000
+    scores = (torch.randint(-40, 40, (nq, nd), generator=g).float() / 8)  # many exact ties, negative zeros too
+    scores[:, :50] = -0.0
+    if multi:
+        ql, dl = torch.rand(nq, 6, generator=g) < 0.3, torch.rand(nd, 6, generator=g) < 0.3
+        rel = (ql.float() @ dl.float().T > 0).numpy()
+    else:
+        ql, dl = torch.randint(0, 7, (nq,), generator=g), torch.randint(0, 7, (nd,), generator=g)
+        rel = (ql[:, None] == dl[None, :]).numpy()
+    ex = torch.randint(-1, nd, (nq,), generator=g)
+    rel[np.arange(nq), ex.numpy()] &= ex.numpy() < 0  # the excluded item is never relevant
+    ks, map_at = (1, 10, 500, 5000), (10, 100)
+    ref = _lexsort_reference(scores.numpy(), rel, ex.numpy(), ks, map_at, "retrieved")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for chunk in (None, 1, 37):
+            r = retrieval_metrics(None, None, ql, dl, ks=ks, map_at=map_at, scores=scores, exclude_self=ex,
+                                  r_precision=True, per_query=True, chunk_size=chunk)
+            pq = r["per_query"]
+            np.testing.assert_allclose(pq["ap"], ref["ap"], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(pq["r_precision"], ref["rp"], rtol=0, atol=1e-12)
+            for k in ks:
+                np.testing.assert_allclose(pq[f"p@{k}"], ref[f"p@{k}"], rtol=0, atol=1e-12)
+            for k in map_at:
+                np.testing.assert_allclose(pq[f"map@{k}"], ref[f"map@{k}"], rtol=0, atol=1e-12)
+    finally:
+        torch.set_num_threads(old)
