@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/bench_retrieval.py [--n 10000] [--dim 64] [--repeats 3] [--exclude-self]
 
-Prints the median wall time of ``retrieval_metrics`` (cosine similarity, full stable ranking per query).
+Prints the median wall time of ``retrieval_metrics`` (cosine similarity, full stable ranking per query) and the
+process's peak resident memory (inputs included). ``--queries`` differs from ``--n`` for a Q x D run.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -18,7 +20,8 @@ from commonspace.eval import retrieval_metrics
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=10_000, help="queries = database items")
+    ap.add_argument("--n", type=int, default=10_000, help="database items (and queries, unless --queries)")
+    ap.add_argument("--queries", type=int, default=None)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
@@ -27,13 +30,14 @@ def main() -> None:
     args = ap.parse_args()
 
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(args.n, args.dim, generator=g)
+    nq = args.n if args.queries is None or args.exclude_self else args.queries
+    q = torch.randn(nq, args.dim, generator=g)
     d = q if args.exclude_self else torch.randn(args.n, args.dim, generator=g)
     if args.multilabel:
-        ql = torch.rand(args.n, args.classes, generator=g) < 2 / args.classes
+        ql = torch.rand(nq, args.classes, generator=g) < 2 / args.classes
         dl = ql if args.exclude_self else torch.rand(args.n, args.classes, generator=g) < 2 / args.classes
     else:
-        ql = torch.randint(0, args.classes, (args.n,), generator=g)
+        ql = torch.randint(0, args.classes, (nq,), generator=g)
         dl = ql if args.exclude_self else torch.randint(0, args.classes, (args.n,), generator=g)
     ex = torch.arange(args.n) if args.exclude_self else None
 
@@ -42,9 +46,10 @@ def main() -> None:
         t0 = time.perf_counter()
         res = retrieval_metrics(q, d, ql, dl, ks=(10,), map_at=(100,), metric="cosine", exclude_self=ex)
         times.append(time.perf_counter() - t0)
-    print(f"{args.n} x {args.n}, dim {args.dim}, {'multi' if args.multilabel else 'single'}-label, "
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{nq} x {args.n}, dim {args.dim}, {'multi' if args.multilabel else 'single'}-label, "
           f"threads {torch.get_num_threads()}: median {statistics.median(times):.2f} s "
-          f"(runs {', '.join(f'{t:.2f}' for t in times)})")
+          f"(runs {', '.join(f'{t:.2f}' for t in times)}), peak resident {peak:.0f} MiB")
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
 
 

@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=10_000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/cs-scale"))
     ap.add_argument("--steps", default=",".join(STEPS))
+    ap.add_argument("--eval-sizes", default=None, help="run the evaluate step only at these sizes (its test split "
+                    "has --test rows whatever N, so its cost does not grow with N); default: every size")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of each step")
     ap.add_argument("--cvs-dim", type=int, default=128, help="common-space size of the cvs run (embed, evaluate)")
     ap.add_argument("--out", type=Path, default=Path("bench-results/scale"))
@@ -88,6 +90,7 @@ def main() -> None:
     bad = sorted(set(steps) - set(STEPS))
     if bad:
         raise SystemExit(f"unknown steps {bad}; choose from {list(STEPS)}")
+    eval_sizes = None if args.eval_sizes is None else {int(v) for v in args.eval_sizes.split(",") if v}
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
     cs = [sys.executable, "-m", "commonspace"]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,8 @@ def main() -> None:
                          "--json", str(work / "eval.json")],
         }
         for step in steps:
+            if step == "evaluate" and eval_sizes is not None and n not in eval_sizes:
+                continue
             wall, rss, last = _run(plan[step], env)
             row = {"n": n, "dim": args.dim, "step": step, "seconds": round(wall, 1), "peak_rss_mib": round(rss),
                    "threads": args.threads, "last_line": last}

@@ -115,9 +115,11 @@ def _ranked_relevance(u: np.ndarray, rel: np.ndarray, out: np.ndarray, b: slice)
     (score desc, database index asc) ranking.
     """
     lo, hi = _halves(u[b])
-    p1 = np.argsort(lo, axis=1, kind="stable")
-    p2 = np.argsort(np.take_along_axis(hi, p1, 1), axis=1, kind="stable")
-    out[b] = np.take_along_axis(np.take_along_axis(rel[b], p1, 1), p2, 1)
+    p1 = torch.from_numpy(np.argsort(lo, axis=1, kind="stable"))
+    # torch.gather moves these small elements about twice as fast as numpy's take_along_axis
+    hi1 = torch.gather(torch.from_numpy(np.ascontiguousarray(hi).view(np.int16)), 1, p1).numpy().view(np.uint16)
+    p2 = torch.from_numpy(np.argsort(hi1, axis=1, kind="stable"))
+    torch.gather(torch.gather(torch.from_numpy(rel[b]), 1, p1), 1, p2, out=torch.from_numpy(out[b]))
 
 
 def _cut(hits: np.ndarray, n_db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
