@@ -168,6 +168,13 @@ def test_cli_embed_streams_batches_and_every_kind_agrees(tmp_path: Path, monkeyp
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert np.array_equal(a["index"], np.arange(300)) and a["joint"].shape == (300, 16)
     assert outs["folder"][1] == {"model": "contrastive", "modalities": ["image", "text"], "split": "all"}
+    # the same command gives the same bytes
+    r = runner.invoke(app, ["embed", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "again"),
+                            "--batch-size", "64"])
+    assert r.exit_code == 0, r.output
+    names = sorted(os.listdir(tmp_path / "folder"))
+    assert names == sorted(os.listdir(tmp_path / "again"))
+    assert all((tmp_path / "folder" / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in names)
 
 
 def test_index_from_a_memory_mapped_folder_with_a_training_sample(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -88,10 +89,11 @@ def _bad_rows_message(m: str, rows: list[int]) -> str:
             "or mark the modality missing with mask=False and zeros")
 
 
-#: bytes read or written through one memory map between two releases of its pages (see :func:`release_pages`)
-RELEASE_BYTES = 256 << 20
-#: what one scattered row read maps in: Linux maps the 16 pages around a faulting page of a file (fault-around)
-_FAULT_AROUND = 64 << 10
+#: bytes written (or read through a map) between two releases of a memory map's pages (see :func:`release_pages`)
+RELEASE_BYTES = 64 << 20
+#: what one scattered row read through a map leaves mapped (the kernel maps whole page-cache folios around a fault;
+#: over 1 MiB per random 1 KiB row was measured here), for maps that cannot be read with pread
+_FAULT_AROUND = 2 << 20
 
 
 def release_pages(arr: Any) -> None:
@@ -127,6 +129,51 @@ class PageBudget:
         if self.used >= self.budget:
             release_pages(self.arr)
             self.used = 0
+
+
+class _RowReader:
+    """Rows of a ``.npy`` memmap's file read with ``os.preadv`` into fresh arrays, never mapped.
+
+    Reading through the map would leave every page-cache folio a fault touched mapped in this process (over 1 MiB
+    per scattered row here), so an epoch of random batches would grow the resident set towards the file's size;
+    a read copies exactly the rows asked for. One read per run of consecutive rows.
+    """
+
+    def __init__(self, mm: np.memmap) -> None:
+        self.path = str(mm.filename)
+        self.offset = int(mm.offset)
+        self.dtype = mm.dtype
+        self.row_shape = tuple(int(d) for d in mm.shape[1:])
+        self.row_bytes = math.prod(self.row_shape) * mm.dtype.itemsize
+        self.fd = os.open(self.path, os.O_RDONLY)
+
+    @staticmethod
+    def usable(src: Any) -> bool:
+        """A top-level, C-contiguous memmap of a named file (a slice's ``offset`` would not locate its rows)."""
+        return (isinstance(src, np.memmap) and bool(getattr(src, "filename", None)) and src.flags.c_contiguous
+                and isinstance(src.base, mmap.mmap) and hasattr(os, "preadv"))
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted, unique) in that order."""
+        out = np.empty((rows.size, *self.row_shape), self.dtype)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        rb = self.row_bytes
+        cut = np.flatnonzero(np.diff(rows) != 1) + 1
+        for s, e in zip([0, *cut.tolist()], [*cut.tolist(), rows.size], strict=True):
+            done, want, at = 0, (e - s) * rb, self.offset + int(rows[s]) * rb
+            while done < want:  # a read may return less than asked (at most ~2 GiB per call on Linux)
+                got = os.preadv(self.fd, [buf[s * rb + done:e * rb]], at + done)
+                if got <= 0:
+                    raise DataError(f"{self.path}: the file ends before row {int(rows[s]) + done // rb}; it was "
+                                    "truncated or changed while open")
+                done += got
+        return out
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except (OSError, AttributeError):
+            pass
 
 
 class LazyArray:
@@ -185,20 +232,33 @@ class LazyArray:
             self._state["pages"] = PageBudget(self.source)
         return self._state["pages"]
 
+    def _reader(self) -> _RowReader | None:
+        """The pread reader of a memmap source, shared by every view of it (None: read through the source)."""
+        if "reader" not in self._state:
+            self._state["reader"] = _RowReader(self.source) if _RowReader.usable(self.source) else None
+        return self._state["reader"]
+
+    def _raw(self, rows: np.ndarray) -> np.ndarray:
+        """Source rows ``rows`` (sorted, unique) in the source's dtype."""
+        reader = self._reader()
+        if reader is not None:
+            return reader.read(rows)
+        lo, hi = int(rows[0]), int(rows[-1])
+        out = np.asarray(self.source[lo:hi + 1] if hi - lo + 1 == rows.size else self.source[rows])
+        pages = self._pages()
+        if pages is not None:  # a map read through: a resident set bounded whatever the file's size
+            pages.add(max(out.nbytes, rows.size * _FAULT_AROUND) if hi - lo + 1 != rows.size else out.nbytes)
+        return out
+
     def _gather(self, src: np.ndarray) -> np.ndarray:
         """float32 source rows ``src`` in that order, read once each in increasing order."""
         if src.size == 0:
             return np.empty((0, *self.shape[1:]), dtype=np.float32)
         lo, hi = int(src[0]), int(src[-1])
         if hi - lo + 1 == src.size and (src.size == 1 or bool(np.all(np.diff(src) == 1))):
-            out = np.array(self.source[lo:hi + 1], dtype=np.float32)  # a contiguous run: one slice
-        else:
-            uniq, inv = np.unique(src, return_inverse=True)
-            out = np.asarray(self.source[uniq], dtype=np.float32)[inv.reshape(-1)]
-        pages = self._pages()
-        if pages is not None:  # a resident set bounded whatever the file's size
-            pages.add(max(out.size * self.dtype.itemsize, src.size * _FAULT_AROUND))
-        return out
+            return np.array(self._raw(src), dtype=np.float32)  # a contiguous run: one read
+        uniq, inv = np.unique(src, return_inverse=True)
+        return np.asarray(self._raw(uniq), dtype=np.float32)[inv.reshape(-1)]
 
     def take(self, index: np.ndarray | Tensor | Sequence[int]) -> Tensor:
         """float32 rows ``index`` (of this view, any order, repeats allowed) as a new tensor."""
@@ -261,11 +321,8 @@ class LazyArray:
         big: list[int] = []
         peak_big, peak_int = 0.0, 0
         step = chunk_rows_for(math.prod(src.shape[1:]), self.chunk_rows)
-        pages = self._pages()
         for s in range(0, n, step):
-            c = np.asarray(src[s:s + step])
-            if pages is not None:
-                pages.add(c.nbytes)
+            c = self._raw(np.arange(s, min(n, s + step)))
             if on_chunk is not None:
                 on_chunk(c)
             flat = c.reshape(c.shape[0], -1)
@@ -312,7 +369,7 @@ class LazyArray:
     # ------------------------------------------------------------- pickling (reopens the file, never copies it)
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_state"] = {k: v for k, v in self._state.items() if k != "pages"}  # the budget holds the map
+        state["_state"] = {k: v for k, v in self._state.items() if k not in ("pages", "reader")}  # hold the file
         src = self.source
         if isinstance(src, np.memmap) and getattr(src, "filename", None):
             state["source"] = ("npy", str(src.filename))
