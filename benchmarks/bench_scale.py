@@ -14,8 +14,8 @@ classes, train / val / test splits; not timed), then runs each step as its own `
 * ``evaluate``: ``commonspace evaluate`` of the cvs run on the test split (every modality pair and the joint
   space, full rankings).
 
-Peak resident memory is the child's ``ru_maxrss`` (``os.wait4``): everything the process held, file pages
-of its memory maps included. Run it alone on the machine: timings are wall clock.
+Peak resident memory is each step's high-water mark as GNU time reports it (``%M``): everything the process
+held, file pages of its memory maps included. Run it alone on the machine: timings are wall clock.
 """
 
 from __future__ import annotations
@@ -58,17 +58,26 @@ def _source(path: Path, n: int, dim: int, n_test: int, n_val: int, seed: int = 0
         f["split_train"] = np.sort(order[n_test + n_val:])
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall seconds, peak resident MiB and the output tail of one child process."""
+def _run(cmd: list[str], env: dict[str, str], work: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak resident MiB and the output tail of one child process.
+
+    The peak comes from GNU time (``%M``), which forks the step from its own tiny image: Linux keeps a process's
+    pre-exec high-water mark in ``ru_maxrss``, so a step started straight from this (larger) script would report
+    at least this script's size.
+    """
+    gnu_time = shutil.which("time") or "/usr/bin/time"
+    if not Path(gnu_time).is_file():
+        raise SystemExit("needs GNU time (/usr/bin/time) to measure each step's peak resident memory")
+    report = work / "time.txt"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-    out = proc.stdout.read() if proc.stdout is not None else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run([gnu_time, "-f", "%M", "-o", str(report), *cmd], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env=env, text=True)
     wall = time.perf_counter() - t0
+    out = proc.stdout or ""
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return wall, usage.ru_maxrss / 1024, out.strip().splitlines()[-1] if out.strip() else ""
+    peak_kib = int(report.read_text().split()[-1])
+    return wall, peak_kib / 1024, out.strip().splitlines()[-1] if out.strip() else ""
 
 
 def main() -> None:
@@ -116,7 +125,7 @@ def main() -> None:
         for step in steps:
             if step == "evaluate" and eval_sizes is not None and n not in eval_sizes:
                 continue
-            wall, rss, last = _run(plan[step], env)
+            wall, rss, last = _run(plan[step], env, work)
             row = {"n": n, "dim": args.dim, "step": step, "seconds": round(wall, 1), "peak_rss_mib": round(rss),
                    "threads": args.threads, "last_line": last}
             rows.append(row)
