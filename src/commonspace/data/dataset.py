@@ -244,10 +244,11 @@ class LazyArray:
         if reader is not None:
             return reader.read(rows)
         lo, hi = int(rows[0]), int(rows[-1])
-        out = np.asarray(self.source[lo:hi + 1] if hi - lo + 1 == rows.size else self.source[rows])
+        run = hi - lo + 1 == rows.size
+        out = np.asarray(self.source[lo:hi + 1] if run else self.source[rows])
         pages = self._pages()
         if pages is not None:  # a map read through: a resident set bounded whatever the file's size
-            pages.add(max(out.nbytes, rows.size * _FAULT_AROUND) if hi - lo + 1 != rows.size else out.nbytes)
+            pages.add(out.nbytes if run else max(out.nbytes, rows.size * _FAULT_AROUND))
         return out
 
     def _gather(self, src: np.ndarray) -> np.ndarray:

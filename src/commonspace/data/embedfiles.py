@@ -25,18 +25,17 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
 
 import numpy as np
-import torch
 from numpy.lib import format as npformat
 from numpy.lib.format import open_memmap
 
 from commonspace.data.dataset import DataError, PageBudget, release_pages
+from commonspace.data.io import _np
 
 __all__ = ["FORMAT", "EmbeddingWriter", "embedding_kind", "is_embeddings_folder", "read_embeddings_folder",
            "write_embeddings"]
@@ -74,7 +73,7 @@ def is_embeddings_folder(path: str | os.PathLike) -> bool:
 
 
 def _numpy(v: Any, name: str) -> np.ndarray:
-    a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+    a = _np(v)
     if a.dtype.kind not in "biuf":
         raise DataError(f"array {name!r} has dtype {a.dtype}; embeddings files take numeric or bool arrays")
     if a.ndim == 0:
@@ -106,16 +105,13 @@ class EmbeddingWriter:
         self._replace = self._check_target()
         self._done = 0
         self._maps: dict[str, np.memmap] = {}
-        self._hash: dict[str, Any] = {}
+        self._hash: dict[str, Any] = {}  # folder kind only
         self._pages: dict[str, PageBudget] = {}
         self._tmp: Path | None = None
-        from commonspace.data.folder import _sweep_stale_dirs
-        from commonspace.data.io import _host_tag, _signals_deferred
+        from commonspace.data.folder import _staging_dir, _sweep_stale_dirs
 
         _sweep_stale_dirs(self.path)
-        with _signals_deferred():  # a signal inside mkdtemp would leave a folder without a name to remove
-            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.{os.getpid()}-{_host_tag()}.",
-                                              suffix=".tmp", dir=self.path.parent))
+        self._tmp = _staging_dir(self.path)
 
     def _check_target(self) -> bool:
         """Refuse targets that must not be replaced; True when an existing embeddings folder is to be replaced."""
@@ -143,10 +139,11 @@ class EmbeddingWriter:
             if not _NAME.fullmatch(name) or name == "__meta__":
                 raise DataError(f"array name {name!r} cannot be used (reserved, or not a file name); rename it")
             mm = open_memmap(self._tmp / f"{name}.npy", mode="w+", dtype=a.dtype, shape=(self.rows, *a.shape[1:]))
-            h = hashlib.sha256()
-            with open(self._tmp / f"{name}.npy", "rb") as fh:  # the header open_memmap wrote
-                h.update(fh.read(mm.offset))
-            self._maps[name], self._hash[name], self._pages[name] = mm, h, PageBudget(mm)
+            self._maps[name], self._pages[name] = mm, PageBudget(mm)
+            if self.kind == "folder":  # only a folder's meta.json records checksums
+                h = self._hash[name] = hashlib.sha256()
+                with open(self._tmp / f"{name}.npy", "rb") as fh:  # the header open_memmap wrote
+                    h.update(fh.read(mm.offset))
 
     def write(self, chunk: Mapping[str, Any]) -> None:
         """Append the next rows of every array (the same names, and the same row count, each time)."""
@@ -170,14 +167,15 @@ class EmbeddingWriter:
                 raise DataError(f"array {name!r}: rows of shape {a.shape[1:]} after {mm.shape[1:]}")
             out = np.ascontiguousarray(a, dtype=mm.dtype)
             mm[self._done:self._done + rows] = out
-            self._hash[name].update(out)
+            if name in self._hash:
+                self._hash[name].update(out)
             self._pages[name].add(out.nbytes)
         self._done += rows
 
     # ------------------------------------------------------------------ committing
     def close(self) -> Path:
         """Finish the file (or folder) and move it into place; returns the path."""
-        from commonspace.data.folder import _fsync, _move_into_place
+        from commonspace.data.folder import _fsync, _publish
 
         if self._tmp is None:
             return self.path
@@ -191,7 +189,7 @@ class EmbeddingWriter:
                 mm.flush()
                 release_pages(mm)
                 files[name] = {"file": f"{name}.npy", "shape": list(mm.shape), "dtype": str(mm.dtype),
-                               "sha256": self._hash[name].hexdigest(),
+                               **({"sha256": self._hash[name].hexdigest()} if name in self._hash else {}),
                                "bytes": (self._tmp / f"{name}.npy").stat().st_size}
             self._maps.clear()
             if self.kind == "folder":
@@ -200,12 +198,8 @@ class EmbeddingWriter:
                 doc = {"format": FORMAT, "version": VERSION, "rows": self.rows, "meta": self.meta, "arrays": files}
                 (self._tmp / "meta.json").write_text(json.dumps(doc, indent=1) + "\n")  # last: it marks completion
                 _fsync(self._tmp / "meta.json")
-                from commonspace.data.io import _umask
-
-                os.chmod(self._tmp, 0o777 & ~_umask())  # mkdtemp made it 0700
-                _move_into_place(self._tmp, self.path, self._replace)
+                _publish(self._tmp, self.path, self._replace)
                 self._tmp = None
-                _fsync(self.path.parent)
                 return self.path
             from commonspace.data.io import atomic_write
 

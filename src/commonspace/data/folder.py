@@ -177,14 +177,10 @@ def write_folder(data_or_source: MultimodalDataset | str | os.PathLike, out_dir:
     width = max(math.prod(x.shape[1:]) for x in store.values())
     step = chunk_rows_for(width, chunk_rows)
 
-    from commonspace.data.io import _host_tag, _signals_deferred, _umask
-
     _sweep_stale_dirs(out)
     tmp: Path | None = None
     try:
-        with _signals_deferred():  # a signal inside mkdtemp would leave a folder without a name to remove
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-{_host_tag()}.", suffix=".tmp",
-                                        dir=out.parent))
+        tmp = _staging_dir(out)
         files: dict[str, dict[str, Any]] = {}
         for m, held in store.items():
             files[f"x_{m}.npy"] = _write_features(tmp / f"x_{m}.npy", m, held, dtype, step)
@@ -207,11 +203,8 @@ def write_folder(data_or_source: MultimodalDataset | str | os.PathLike, out_dir:
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")  # last: a folder with it is complete
         _fsync(tmp / "meta.json")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0700
-        _fsync(tmp)
-        _move_into_place(tmp, out, replace_existing)
+        _publish(tmp, out, replace_existing)
         tmp = None
-        _fsync(out.parent)
     except OSError as exc:
         raise DataError(f"{out}: cannot write the dataset folder ({exc}); nothing was written") from exc
     finally:
@@ -220,14 +213,31 @@ def write_folder(data_or_source: MultimodalDataset | str | os.PathLike, out_dir:
     return out
 
 
+def _staging_dir(out: Path, suffix: str = ".tmp") -> Path:
+    """A new hidden sibling folder of ``out``, named so that :func:`_sweep_stale_dirs` removes it if its writer dies."""
+    from commonspace.data.io import _host_tag, _signals_deferred
+
+    with _signals_deferred():  # a signal inside mkdtemp would leave a folder without a name to remove
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-{_host_tag()}.", suffix=suffix,
+                                     dir=out.parent))
+
+
+def _publish(tmp: Path, out: Path, replace_existing: bool) -> None:
+    """Make the complete staged folder ``tmp`` the folder ``out``: permissions by the umask, synced, renamed."""
+    from commonspace.data.io import _umask
+
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp made it 0700
+    _fsync(tmp)
+    _move_into_place(tmp, out, replace_existing)
+    _fsync(out.parent)
+
+
 def _move_into_place(tmp: Path, out: Path, replace_existing: bool) -> None:
     if not replace_existing:
         os.replace(tmp, out)  # over a missing or empty folder: atomic
         return
-    from commonspace.data.io import _host_tag
-
     # the old folder steps aside under a unique hidden name (swept like a temp folder if we are killed here)
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-{_host_tag()}.", suffix=".old", dir=out.parent))
+    old = _staging_dir(out, ".old")
     os.rmdir(old)
     os.rename(out, old)
     try:

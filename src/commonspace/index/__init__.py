@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from commonspace.data.dataset import DataError
-from commonspace.index.faiss_index import METRICS, BinaryIndex, EmbeddingIndex, load_index
+from commonspace.index.faiss_index import METRICS, BinaryIndex, EmbeddingIndex, _check_ids, load_index
 
 __all__ = ["METRICS", "BinaryIndex", "EmbeddingIndex", "build_index_from_file", "default_train_size", "load_index",
            "query_index"]
@@ -93,10 +93,7 @@ def build_index_from_file(
             rows = np.flatnonzero(np.asarray(arrays["mask"], bool)[:, mods.index(key[4:])])
     if rows.size == 0:
         raise DataError(f"{emb_path}: no row of {key!r} to index (its modality is missing everywhere)")
-    ids = ids[rows]
-    uniq = np.unique(ids)
-    if uniq.size != ids.size:
-        raise DataError(f"{emb_path}: ids are not unique ({ids.size - uniq.size} repeats); pass ids_key=None")
+    ids = _check_ids(ids[rows], rows.size, 0)  # every chunk's ids at once: integers, >= 0, unique
     if chunk_rows < 1:
         raise DataError(f"chunk_rows must be >= 1, got {chunk_rows}")
     binary = key == "codes"
@@ -127,7 +124,7 @@ def build_index_from_file(
     del train
     for s in range(chunk_rows, rows.size, chunk_rows):
         part = chunk(s)
-        idx._add(idx._prep(part, "vectors"), ids[s:s + part.shape[0]])  # ids checked once above
+        idx._add(idx._prep(part, "vectors"), ids[s:s + part.shape[0]])  # ids checked above, all at once
     idx.save(Path(out_path))
     return idx
 
