@@ -374,15 +374,30 @@ def _lexsort_reference(scores, rel, exclude, ks, map_at, norm):
     return {k: np.array(v) for k, v in out.items()}
 
 
+def _scores(kind: str, nq: int, nd: int, g: torch.Generator) -> torch.Tensor:
+    if kind == "ties":
+        s = torch.randint(-40, 40, (nq, nd), generator=g).float() / 8  # many exact ties, negative zeros too
+        s[:, :50] = -0.0
+    elif kind == "continuous":  # small buckets: each relevant item ranked by counting smaller keys
+        s = torch.randn(nq, nd, generator=g)
+    elif kind == "clustered":  # one far outlier puts nearly every item in one bucket, which is sorted
+        s = torch.randn(nq, nd, generator=g) * 1e-3
+        s[:, 7] = 1e6
+        s[:, 11] = -1e6
+    else:  # every score equal: one bucket, already in index order
+        s = torch.full((nq, nd), 0.25)
+    return s
+
+
 @pytest.mark.parametrize("multi", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_radix_ranking_equals_a_lexsort_reference_at_size(multi, threads):
-    """Issue 15: the radix ranking gives what a plain (-score, index) lexsort gives, ties (-0.0 = 0.0) and exclusion
-    included, in every chunking and with the row blocks sorted in parallel threads."""
+@pytest.mark.parametrize("kind", ["ties", "continuous", "clustered", "constant"])
+def test_ranking_kernel_equals_a_lexsort_reference_at_size(multi, threads, kind):
+    """Issue 15: the bucketed ranking kernel gives what a plain (-score, index) lexsort gives, ties (-0.0 = 0.0)
+    and exclusion included, for every path through the kernel, in every chunking and in parallel threads."""
     g = torch.Generator().manual_seed(7)
     nq, nd = 120, 3000
-    scores = (torch.randint(-40, 40, (nq, nd), generator=g).float() / 8)  # many exact ties, negative zeros too
-    scores[:, :50] = -0.0
+    scores = _scores(kind, nq, nd, g)
     if multi:
         ql, dl = torch.rand(nq, 6, generator=g) < 0.3, torch.rand(nd, 6, generator=g) < 0.3
         rel = (ql.float() @ dl.float().T > 0).numpy()

@@ -16,16 +16,16 @@ equal class ids for ``(N,)`` labels (or an integer ``(N, 1)`` column), at least 
 Ties in score are broken stably by database index (the lower index ranks first). Queries with no relevant
 item in the database (``R = 0``) are left out of every metric and counted in ``excluded_queries``.
 
-Everything is vectorised in torch and chunked over queries, so memory is bounded by
-``chunk_size x database`` elements whatever the number of queries.
+Similarities are one matmul per chunk of queries and each query's ranking is scored by a compiled kernel
+(:mod:`commonspace.eval._rank_kernel`) that finds the rank of every relevant item without sorting the database,
+so memory is bounded by ``chunk_size x database`` elements whatever the number of queries.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Mapping, Sequence
+import queue
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -39,8 +39,9 @@ from commonspace.data.labels import canonical_labels, label_pair, pair_relevance
 __all__ = ["similarity", "retrieval_metrics", "cross_modal_retrieval", "precision_ceiling", "METRICS"]
 
 METRICS = ("cosine", "euclidean", "dot")
-#: elements of one (queries x database) chunk when ``chunk_size`` is not given (~8M: about 250 MB peak)
-_CHUNK_ELEMENTS = 1 << 23
+#: elements of one (queries x database) chunk when ``chunk_size`` is not given (16M: 5 bytes each, 9 with
+#: multi-label relevance, per worker thread: about 160 MB for two threads)
+_CHUNK_ELEMENTS = 1 << 24
 
 
 def _tensor(x: object, what: str) -> Tensor:
@@ -79,62 +80,6 @@ def similarity(query: Tensor, database: Tensor, metric: str = "cosine") -> Tenso
         d2 = (q * q).sum(1, keepdim=True) + (d * d).sum(1) - 2.0 * (q @ d.T)
         return d2.clamp_min_(0.0).sqrt_().neg_()
     raise DataError(f"unknown metric {metric!r}; use one of {METRICS}")
-
-
-_LAST = np.uint32(0xFFFFFFFF)  # the key of no real score (a NaN's): an excluded item sorts after everything
-
-
-def _rank_keys(sc: Tensor, tmp: Tensor) -> np.ndarray:
-    """uint32 keys whose ascending order is descending score; ``sc`` (float32) is overwritten and viewed.
-
-    IEEE floats order like sign-magnitude integers: flipping the magnitude bits of negatives gives two's
-    complement order, ``~`` makes the highest score the smallest key, and flipping the sign bit turns signed order
-    into unsigned order. Only NaN maps to 0xFFFFFFFF, so that key is free for the excluded item.
-    """
-    sc.add_(0.0)  # -0.0 + 0.0 = +0.0: the two zeros must tie
-    k = sc.view(torch.int32)
-    torch.bitwise_right_shift(k, 31, out=tmp).bitwise_and_(0x7FFFFFFF)  # -1 for negatives, 0 otherwise
-    k.bitwise_xor_(tmp).bitwise_not_().bitwise_xor_(-0x80000000)
-    return k.numpy().view(np.uint32)
-
-
-def _halves(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Low and high 16 bits of uint32 keys (views on little-endian machines, copies otherwise)."""
-    if sys.byteorder == "little":
-        h = u.view(np.uint16).reshape(*u.shape, 2)
-        return h[..., 0], h[..., 1]
-    return (u & 0xFFFF).astype(np.uint16), (u >> 16).astype(np.uint16)
-
-
-def _ranked_relevance(u: np.ndarray, rel: np.ndarray, out: np.ndarray, b: slice) -> None:
-    """``out[b]`` = the relevance flags of rows ``b`` in ranking order: ascending key, equal keys in database order.
-
-    A least-significant-digit radix sort: numpy's stable argsort of 16-bit integers is a counting sort (linear,
-    ~4x faster here than its comparison sort of the 64-bit keys used before), and two stable passes (low half,
-    then high half) order the full 32-bit key while keeping equal keys in column order: exactly the stable
-    (score desc, database index asc) ranking.
-    """
-    lo, hi = _halves(u[b])
-    p1 = torch.from_numpy(np.argsort(lo, axis=1, kind="stable"))
-    # torch.gather moves these small elements about twice as fast as numpy's take_along_axis
-    hi1 = torch.gather(torch.from_numpy(np.ascontiguousarray(hi).view(np.int16)), 1, p1).numpy().view(np.uint16)
-    p2 = torch.from_numpy(np.argsort(hi1, axis=1, kind="stable"))
-    torch.gather(torch.gather(torch.from_numpy(rel[b]), 1, p1), 1, p2, out=torch.from_numpy(out[b]))
-
-
-def _cut(hits: np.ndarray, n_db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut-off k capped at each query's database size, and the relevant items among that many first ranks."""
-    kk = np.clip(n_db, 1, k)
-    return kk, hits[np.arange(hits.shape[0]), kk - 1]
-
-
-def _in_blocks(fn: Callable[[slice], None], rows: int, pool: ThreadPoolExecutor | None, threads: int) -> None:
-    """``fn(rows slice)`` over row blocks, in parallel threads (numpy's sorts and gathers release the GIL)."""
-    if pool is None or rows < 2:
-        fn(slice(0, rows))
-        return
-    bounds = np.linspace(0, rows, min(threads, rows) + 1).astype(int)
-    list(pool.map(lambda lo_hi: fn(slice(lo_hi[0], lo_hi[1])), zip(bounds[:-1], bounds[1:], strict=True)))
 
 
 def _check_labels(query_labels: object, db_labels: object, nq: int, nd: int) -> tuple[Tensor, Tensor, bool]:
@@ -242,29 +187,33 @@ def retrieval_metrics(
     if nd >= (1 << 31):
         raise DataError(f"a database of {nd} items is too large for one ranking; split it")
 
-    out_r = torch.zeros(nq, dtype=torch.int64)
-    out_ap = torch.zeros(nq, dtype=torch.float64)
-    out_p = {k: torch.zeros(nq, dtype=torch.float64) for k in ks}
-    out_apk = {k: torch.zeros(nq, dtype=torch.float64) for k in map_at}
-    out_rp = torch.zeros(nq, dtype=torch.float64) if r_precision else None
+    from commonspace.eval._rank_kernel import rank_metrics  # numba: imported on first use, not with the package
+
+    out_r = np.zeros(nq, dtype=np.int64)
+    out_ap = np.zeros(nq, dtype=np.float64)
+    out_p = np.zeros((nq, len(ks)), dtype=np.float64)
+    out_apk = np.zeros((nq, len(map_at)), dtype=np.float64)
+    out_rp = np.zeros(nq, dtype=np.float64)
+    ks_a, map_a = np.asarray(ks, dtype=np.int64), np.asarray(map_at, dtype=np.int64)
+    ex_a = np.full(nq, -1, dtype=np.int64) if ex is None else ex.numpy()
     db_t = _float(db_emb) if scores is None else None
-    # only the first kcap ranks matter for P@K and mAP@K; MAP and R-precision use the positions of relevant items
-    kcap = min(nd, max(ks + map_at)) if ks or map_at else 0
-    pos_k = np.arange(1, kcap + 1, dtype=np.float64)
-    # buffers reused by every chunk: fresh multi-MB allocations page-fault and cost as much as the arithmetic
+    starts = range(0, nq, chunk_size)
+    threads_before = torch.get_num_threads()
+    threads = max(1, min(threads_before, 8))
+    workers = min(threads, len(starts)) if nq * nd >= (1 << 16) else 1
+    # one set of buffers per worker, reused by every chunk: fresh multi-MB allocations page-fault and cost as much
+    # as the arithmetic
     c = min(chunk_size, nq)
-    buf_f = torch.empty(c, nd, dtype=torch.float32)
-    buf_i = torch.empty(c, nd, dtype=torch.int32)
-    buf_w = torch.empty(c, nd, dtype=torch.float32) if multi else None  # shared-label counts
-    buf_rdb = torch.empty(c, nd, dtype=torch.bool)
-    buf_rel = np.empty((c, nd), dtype=bool)
-    threads = max(1, min(torch.get_num_threads(), 8))
-    pool = ThreadPoolExecutor(threads) if threads > 1 and nq * nd >= (1 << 16) else None
-    try:
-        for s in range(0, nq, chunk_size):
-            e = min(nq, s + chunk_size)
-            m = e - s
-            rows = torch.arange(m)
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(workers):
+        free.put((torch.empty(c, nd, dtype=torch.float32), torch.empty(c, nd, dtype=torch.bool),
+                  torch.empty(c, nd, dtype=torch.float32) if multi else None))  # the last: shared-label counts
+
+    def chunk(s: int) -> None:
+        e = min(nq, s + chunk_size)
+        m = e - s
+        buf_f, buf_rdb, buf_w = free.get()
+        try:
             sc = buf_f[:m]
             if scores is not None:
                 sc.copy_(scores[s:e])
@@ -274,50 +223,29 @@ def retrieval_metrics(
                 sc.copy_(similarity(query_emb[s:e], db_t, metric))
             rel_db = buf_rdb[:m]
             pair_relevance(ql[s:e], dl, out=rel_db, work=None if buf_w is None else buf_w[:m])
-            u = _rank_keys(sc, buf_i[:m])
-            n_db = torch.full((m,), nd, dtype=torch.int64)
-            if ex is not None:
-                exc = ex[s:e]
-                has = exc >= 0
-                # the excluded item gets the one key no score has: it sorts last and is never relevant, so the
-                # first (D - 1) positions are exactly the ranking without it
-                u[rows[has].numpy(), exc[has].numpy()] = _LAST
-                rel_db[rows[has], exc[has]] = False
-                n_db -= has.to(torch.int64)
-            rel = buf_rel[:m]
-            rdb = rel_db.numpy()
-            _in_blocks(partial(_ranked_relevance, u, rdb, rel), m, pool, threads)
-            r_count = np.count_nonzero(rel, axis=1)  # the excluded item is irrelevant, so this is R
-            out_r[s:e] = torch.from_numpy(r_count.astype(np.int64))
-            r_f = r_count.astype(np.float64)
-            nd_k = n_db.numpy()
-            top = rel[:, :kcap]
-            hits = np.cumsum(top, axis=1, dtype=np.float64)  # relevant items at or above each of the first ranks
+            rank_metrics(sc.numpy(), rel_db.numpy(), ex_a[s:e], ks_a, map_a, ap_at_k_norm == "min",
+                         out_r[s:e], out_ap[s:e], out_p[s:e], out_apk[s:e], out_rp[s:e])
+        finally:
+            free.put((buf_f, buf_rdb, buf_w))
 
-            for k in ks:
-                kk, h = _cut(hits, nd_k, k)
-                out_p[k][s:e] = torch.from_numpy(h / kk)
-            if map_at:
-                csum = np.cumsum(hits / pos_k * top, axis=1)  # sum of P@j * rel(j) over the first j ranks
-                for k in map_at:
-                    kk, h = _cut(hits, nd_k, k)
-                    num = csum[np.arange(m), kk - 1]
-                    den = h if ap_at_k_norm == "retrieved" else np.minimum(r_f, kk)
-                    # R_K = 0 (nothing relevant retrieved) contributes 0, not NaN
-                    out_apk[k][s:e] = torch.from_numpy(np.where(den > 0, num / np.maximum(den, 1), 0.0))
-            # AP = (1/R) sum_i i / rank_i over the relevant items in ranking order: only their positions are needed
-            q_of, at_pos = np.nonzero(rel)
-            first = np.cumsum(r_count) - r_count
-            ordinal = np.arange(1, q_of.size + 1, dtype=np.float64) - first[q_of]
-            ap_num = np.bincount(q_of, weights=ordinal / (at_pos + 1.0), minlength=m)
-            out_ap[s:e] = torch.from_numpy(ap_num / np.maximum(r_f, 1))
-            if out_rp is not None:
-                in_top_r = np.bincount(q_of, weights=at_pos < r_count[q_of], minlength=m)
-                out_rp[s:e] = torch.from_numpy(in_top_r / np.maximum(r_f, 1))
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    if workers == 1:
+        for s in starts:
+            chunk(s)
+    else:
+        # each worker scores, labels and ranks whole chunks on one torch thread: the matmul of one chunk overlaps
+        # the ranking of another (the kernel releases the GIL), which beats two-thread matmuls between rankings
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(chunk, starts))
+        finally:
+            torch.set_num_threads(threads_before)
 
+    out_r = torch.from_numpy(out_r)
+    out_ap = torch.from_numpy(out_ap)
+    out_p = {k: torch.from_numpy(out_p[:, i]) for i, k in enumerate(ks)}
+    out_apk = {k: torch.from_numpy(out_apk[:, i]) for i, k in enumerate(map_at)}
+    out_rp = torch.from_numpy(out_rp) if r_precision else None
     evaluated = out_r > 0
     n_eval = int(evaluated.sum())
 

@@ -1,0 +1,152 @@
+"""Compiled per-query ranking metrics, the core of :func:`commonspace.eval.retrieval.retrieval_metrics`.
+
+Full-ranking MAP, P@K, mAP@K and R-precision need only the exact rank of every *relevant* item, not a sorted
+database. For one query the kernel
+
+1. spreads the D scores over about D/16 buckets (at most 8192), linear in the score between the row's extremes:
+   a monotone map, so every item of a lower bucket ranks above every item of a higher one;
+2. counts the items per bucket; the running sum is the rank of each bucket's first item;
+3. writes each item's ranking key (descending score, then database index, relevance in bit 0, one uint64) into
+   its bucket's slots: one counting-sort pass;
+4. ranks each relevant item within its bucket by counting the smaller keys there (a bucket of more than 256 items
+   is sorted instead), and its ordinal among the relevant items the same way.
+
+Numpy's sort, argsort and searchsorted cost 25-70 ns an element on the 2-core reference machine; these passes cost
+about 5 (docs/metrics.md, "Speed and memory"). Sums run in ranking order, term by term as
+``docs/metrics.md`` writes them, in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numba import njit
+
+#: database items per score bucket, on average, and the most buckets (their counts stay in the L1 cache)
+_ITEMS_PER_BUCKET = 16
+_MAX_BUCKETS = 8192
+#: a bucket with more items than this is sorted; smaller ones rank each relevant item by counting smaller keys
+_COMPARE_MAX = 256
+
+
+def _compiled(fn: Callable) -> Callable:
+    """``fn`` compiled once and cached on disk beside this file (or in the user's cache folder)."""
+    try:
+        return njit(nogil=True, cache=True)(fn)
+    except RuntimeError:  # no writable cache folder anywhere: compile in each process instead
+        return njit(nogil=True)(fn)
+
+
+@_compiled
+def rank_metrics(sc, rel, ex, ks, map_at, min_norm, r_out, ap_out, p_out, apk_out, rp_out):  # pragma: no cover
+    """Per-query R, AP, P@K, AP@K and R-precision for rows of ``sc`` (m, D) float32, higher = better.
+
+    ``rel`` (m, D) bool is relevance, ``ex`` (m,) the database index left out of each row's ranking (-1: none; it
+    is never relevant). Ties rank by database index. Results go to the ``*_out`` arrays (row-aligned with ``sc``).
+    """
+    m, d = sc.shape
+    nb = max(1, min(d // _ITEMS_PER_BUCKET, _MAX_BUCKETS))
+    bk = np.empty(d, np.uint16)
+    cnt = np.empty(nb + 2, np.int32)  # items per bucket, then the rank of each bucket's first item
+    fill = np.empty(nb + 1, np.int32)  # bucket nb holds the excluded item, after every ranked one
+    buf = np.empty(d, np.uint64)  # the keys grouped by bucket
+    relk = np.empty(_COMPARE_MAX + 1, np.uint64)
+    ordpos = np.empty(d, np.int64)  # rank of the o-th relevant item (o = 0, 1, ...)
+    cum = np.empty(d, np.float64)  # sum of o / rank over the first o relevant items
+    one = np.uint64(1)
+    sign = np.uint32(0x80000000)
+    for i in range(m):
+        s = sc[i]
+        su = s.view(np.uint32)
+        r = rel[i]
+        e = ex[i]
+        lo32 = np.float32(np.inf)
+        hi32 = np.float32(-np.inf)
+        for j in range(d):
+            lo32 = min(lo32, s[j])
+            hi32 = max(hi32, s[j])
+        lo = np.float64(lo32)
+        hi = np.float64(hi32)
+        span = hi - lo
+        scale = (nb - 1) / span if span > 0 and np.isfinite(span) else 0.0
+        # separate passes: the elementwise ones vectorise, the histogram and the scatter cannot
+        if scale > 0:
+            for j in range(d):
+                bk[j] = min(np.int64((hi - np.float64(s[j])) * scale), nb - 1)
+        else:
+            bk[:] = 0
+        cnt[:] = 0
+        for j in range(d):
+            cnt[bk[j]] += 1
+        n_db = d
+        if e >= 0:
+            cnt[bk[e]] -= 1
+            bk[e] = nb
+            n_db -= 1
+        tot = 0
+        for b in range(nb):
+            c = cnt[b]
+            cnt[b] = tot
+            fill[b] = tot
+            tot += c
+        cnt[nb] = tot
+        fill[nb] = tot
+        for j in range(d):
+            b = bk[j]
+            # one integer orders two items: ascending key = descending score (IEEE bits in two's complement order,
+            # -0.0 as +0.0 so the zeros tie), then database index; bit 0 carries relevance
+            x = su[j]
+            x = np.uint32(0) if x == sign else x
+            x = ~(x ^ ((np.uint32(0) - (x >> np.uint32(31))) | sign))
+            buf[fill[b]] = (np.uint64(x) << np.uint64(32)) | (np.uint64(j) << one) | np.uint64(r[j])
+            fill[b] += 1
+        n_rel = 0
+        for b in range(nb):
+            first = cnt[b]
+            seg = buf[first:cnt[b + 1]]
+            n = seg.size
+            if n > _COMPARE_MAX:
+                # a bucket of equal scores (Hamming distances, say) arrives already in index order
+                for t in range(1, n):
+                    if seg[t] < seg[t - 1]:
+                        seg.sort()
+                        break
+                for t in range(n):
+                    if seg[t] & one:
+                        ordpos[n_rel] = first + t
+                        n_rel += 1
+                continue
+            nr = 0
+            for t in range(n):
+                # the bucket's relevant keys, gathered without a branch
+                relk[nr] = seg[t]
+                nr += np.int64(seg[t] & one)
+            for v in range(nr):
+                c = relk[v]
+                # rank within the bucket = keys below this one; ordinal = relevant keys below it
+                w = np.int64(0)
+                for u in range(n):
+                    w += np.int64(seg[u] < c)
+                wr = np.int64(0)
+                for u in range(nr):
+                    wr += np.int64(relk[u] < c)
+                ordpos[n_rel + wr] = first + w
+            n_rel += nr
+        ap = 0.0
+        for o in range(n_rel):
+            ap += (o + 1.0) / (ordpos[o] + 1.0)
+            cum[o] = ap
+        # ranks rise with the ordinal, so the relevant items above a cut-off are a prefix of ordpos
+        r_out[i] = n_rel
+        den_r = max(n_rel, 1)
+        ap_out[i] = ap / den_r
+        rp_out[i] = np.searchsorted(ordpos[:n_rel], n_rel) / den_r
+        for q in range(ks.size):
+            k = min(max(n_db, 1), ks[q])
+            p_out[i, q] = np.searchsorted(ordpos[:n_rel], k) / k
+        for q in range(map_at.size):
+            k = min(max(n_db, 1), map_at[q])
+            h = np.searchsorted(ordpos[:n_rel], k)
+            den = min(n_rel, k) if min_norm else h
+            apk_out[i, q] = cum[h - 1] / max(den, 1) if den > 0 and h > 0 else 0.0
