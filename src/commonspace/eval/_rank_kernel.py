@@ -38,12 +38,25 @@ def _compiled(fn: Callable) -> Callable:
         return njit(nogil=True)(fn)
 
 
+@njit(inline="always")
+def _key(x, j, relevant):  # pragma: no cover - compiled
+    """One integer that orders two items: ascending = descending score (IEEE bits in two's complement order, -0.0
+    as +0.0 so the zeros tie), then database index; bit 0 carries relevance."""
+    sign = np.uint32(0x80000000)
+    x = np.uint32(0) if x == sign else x
+    x = ~(x ^ ((np.uint32(0) - (x >> np.uint32(31))) | sign))
+    return (np.uint64(x) << np.uint64(32)) | (np.uint64(j) << np.uint64(1)) | np.uint64(relevant)
+
+
 @_compiled
-def rank_metrics(sc, rel, ex, ks, map_at, min_norm, r_out, ap_out, p_out, apk_out, rp_out):  # pragma: no cover
+def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out, p_out, apk_out,
+                 rp_out):  # pragma: no cover
     """Per-query R, AP, P@K, AP@K and R-precision for rows of ``sc`` (m, D) float32, higher = better.
 
-    ``rel`` (m, D) bool is relevance, ``ex`` (m,) the database index left out of each row's ranking (-1: none; it
-    is never relevant). Ties rank by database index. Results go to the ``*_out`` arrays (row-aligned with ``sc``).
+    ``rel`` (m, D) bool is relevance; when it has no rows, item j is relevant to query i where
+    ``dcode[j] == qcode[i]`` (dense class codes; -1 matches nothing). ``ex`` (m,) is the database index left out
+    of each row's ranking (-1: none; it is never relevant). Ties rank by database index. Results go to the
+    ``*_out`` arrays, row-aligned with ``sc``.
     """
     m, d = sc.shape
     nb = max(1, min(d // _ITEMS_PER_BUCKET, _MAX_BUCKETS))
@@ -55,11 +68,12 @@ def rank_metrics(sc, rel, ex, ks, map_at, min_norm, r_out, ap_out, p_out, apk_ou
     ordpos = np.empty(d, np.int64)  # rank of the o-th relevant item (o = 0, 1, ...)
     cum = np.empty(d, np.float64)  # sum of o / rank over the first o relevant items
     one = np.uint64(1)
-    sign = np.uint32(0x80000000)
     for i in range(m):
         s = sc[i]
         su = s.view(np.uint32)
-        r = rel[i]
+        by_code = rel.shape[0] == 0
+        r = rel[0] if by_code else rel[i]
+        qc = qcode[i] if by_code else 0
         e = ex[i]
         lo32 = np.float32(np.inf)
         hi32 = np.float32(-np.inf)
@@ -92,15 +106,16 @@ def rank_metrics(sc, rel, ex, ks, map_at, min_norm, r_out, ap_out, p_out, apk_ou
             tot += c
         cnt[nb] = tot
         fill[nb] = tot
-        for j in range(d):
-            b = bk[j]
-            # one integer orders two items: ascending key = descending score (IEEE bits in two's complement order,
-            # -0.0 as +0.0 so the zeros tie), then database index; bit 0 carries relevance
-            x = su[j]
-            x = np.uint32(0) if x == sign else x
-            x = ~(x ^ ((np.uint32(0) - (x >> np.uint32(31))) | sign))
-            buf[fill[b]] = (np.uint64(x) << np.uint64(32)) | (np.uint64(j) << one) | np.uint64(r[j])
-            fill[b] += 1
+        if by_code:
+            for j in range(d):
+                b = bk[j]
+                buf[fill[b]] = _key(su[j], j, dcode[j] == qc)
+                fill[b] += 1
+        else:
+            for j in range(d):
+                b = bk[j]
+                buf[fill[b]] = _key(su[j], j, r[j])
+                fill[b] += 1
         n_rel = 0
         for b in range(nb):
             first = cnt[b]

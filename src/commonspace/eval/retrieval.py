@@ -82,6 +82,15 @@ def similarity(query: Tensor, database: Tensor, metric: str = "cosine") -> Tenso
     raise DataError(f"unknown metric {metric!r}; use one of {METRICS}")
 
 
+def _class_codes(ql: Tensor, dl: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Dense int32 codes of database class ids, and each query's code (-1: a class no database item has)."""
+    classes, dcode = np.unique(dl.numpy(), return_inverse=True)
+    q = ql.numpy()
+    pos = np.searchsorted(classes, q).clip(max=max(classes.size - 1, 0))
+    qcode = np.where(classes[pos] == q, pos, -1) if classes.size else np.full(q.shape, -1)
+    return qcode.astype(np.int32), dcode.astype(np.int32).reshape(-1)
+
+
 def _check_labels(query_labels: object, db_labels: object, nq: int, nd: int) -> tuple[Tensor, Tensor, bool]:
     """Canonical labels by the shared rule of :mod:`commonspace.data.labels` (ids or bool indicators)."""
     ql, dl, multi = label_pair(query_labels, db_labels, "query_labels", "db_labels")
@@ -206,8 +215,15 @@ def retrieval_metrics(
     c = min(chunk_size, nq)
     free: queue.SimpleQueue = queue.SimpleQueue()
     for _ in range(workers):
-        free.put((torch.empty(c, nd, dtype=torch.float32), torch.empty(c, nd, dtype=torch.bool),
+        free.put((torch.empty(c, nd, dtype=torch.float32),
+                  torch.empty(c, nd, dtype=torch.bool) if multi else None,
                   torch.empty(c, nd, dtype=torch.float32) if multi else None))  # the last: shared-label counts
+    # class ids: relevance is code equality inside the kernel, never a (chunk x D) matrix
+    if multi:
+        qcode, dcode = np.zeros(nq, dtype=np.int32), np.zeros(0, dtype=np.int32)
+    else:
+        qcode, dcode = _class_codes(ql, dl)
+    by_code = np.zeros((0, nd), dtype=bool)
 
     def chunk(s: int) -> None:
         e = min(nq, s + chunk_size)
@@ -221,9 +237,13 @@ def retrieval_metrics(
                 torch.mm(query_emb[s:e], db_t.T, out=sc)
             else:
                 sc.copy_(similarity(query_emb[s:e], db_t, metric))
-            rel_db = buf_rdb[:m]
-            pair_relevance(ql[s:e], dl, out=rel_db, work=None if buf_w is None else buf_w[:m])
-            rank_metrics(sc.numpy(), rel_db.numpy(), ex_a[s:e], ks_a, map_a, ap_at_k_norm == "min",
+            if multi:
+                rel_db = buf_rdb[:m]
+                pair_relevance(ql[s:e], dl, out=rel_db, work=buf_w[:m])
+                rel_a = rel_db.numpy()
+            else:
+                rel_a = by_code
+            rank_metrics(sc.numpy(), rel_a, qcode[s:e], dcode, ex_a[s:e], ks_a, map_a, ap_at_k_norm == "min",
                          out_r[s:e], out_ap[s:e], out_p[s:e], out_apk[s:e], out_rp[s:e])
         finally:
             free.put((buf_f, buf_rdb, buf_w))
