@@ -28,6 +28,8 @@ _ITEMS_PER_BUCKET = 16
 _MAX_BUCKETS = 8192
 #: a bucket with more items than this is sorted; smaller ones rank each relevant item by counting smaller keys
 _COMPARE_MAX = 256
+#: every how many scores the bucket range is sampled from
+_RANGE_STRIDE = 8
 
 
 def _compiled(fn: Callable) -> Callable:
@@ -75,19 +77,22 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
         r = rel[0] if by_code else rel[i]
         qc = qcode[i] if by_code else 0
         e = ex[i]
+        # the bucket range from a sample of the scores: items beyond it join the first or last bucket, which keeps
+        # the map monotone (only those buckets grow)
         lo32 = np.float32(np.inf)
         hi32 = np.float32(-np.inf)
-        for j in range(d):
+        for j in range(0, d, _RANGE_STRIDE):
             lo32 = min(lo32, s[j])
             hi32 = max(hi32, s[j])
-        lo = np.float64(lo32)
         hi = np.float64(hi32)
-        span = hi - lo
+        span = hi - np.float64(lo32)
         scale = (nb - 1) / span if span > 0 and np.isfinite(span) else 0.0
+        top = np.float64(nb - 1)
         # separate passes: the elementwise ones vectorise, the histogram and the scatter cannot
         if scale > 0:
             for j in range(d):
-                bk[j] = min(np.int64((hi - np.float64(s[j])) * scale), nb - 1)
+                # clamped as floats before the conversion: an infinite score maps to an end bucket, not to garbage
+                bk[j] = np.int64(min(max((hi - np.float64(s[j])) * scale, 0.0), top))
         else:
             bk[:] = 0
         cnt[:] = 0
