@@ -230,6 +230,30 @@ def test_chunking_does_not_change_results(multi):
         assert part["queries"] == full["queries"]
 
 
+@pytest.mark.parametrize("multi", [False, True])
+def test_threads_and_chunks_give_the_same_bits(multi):
+    """Worker threads, one BLAS thread each, and any chunking: the same per-query values, bit for bit."""
+    g = torch.Generator().manual_seed(8)
+    q, d = torch.randn(600, 32, generator=g), torch.randn(2000, 32, generator=g)
+    if multi:
+        ql, dl = torch.rand(600, 5, generator=g) < 0.3, torch.rand(2000, 5, generator=g) < 0.3
+    else:
+        ql, dl = torch.randint(0, 9, (600,), generator=g), torch.randint(0, 9, (2000,), generator=g)
+    kw = dict(ks=(1, 10), map_at=(10,), r_precision=True, per_query=True)
+    old = torch.get_num_threads()
+    runs = []
+    try:
+        for threads, chunk in ((1, None), (2, None), (2, 7), (2, 600)):
+            torch.set_num_threads(threads)
+            runs.append(retrieval_metrics(q, d, ql, dl, chunk_size=chunk, **kw)["per_query"])
+            assert torch.get_num_threads() == threads  # the workers' one-thread setting is undone
+    finally:
+        torch.set_num_threads(old)
+    for other in runs[1:]:
+        for key, v in runs[0].items():
+            np.testing.assert_array_equal(other[key], v)
+
+
 def test_scores_equal_embeddings_path():
     g = torch.Generator().manual_seed(5)
     q, d = torch.randn(30, 8, generator=g), torch.randn(40, 8, generator=g)
@@ -384,6 +408,10 @@ def _scores(kind: str, nq: int, nd: int, g: torch.Generator) -> torch.Tensor:
         s = torch.randn(nq, nd, generator=g) * 1e-3
         s[:, 7] = 1e6
         s[:, 11] = -1e6
+    elif kind == "nested":  # clusters within clusters: crowded buckets split several levels deep
+        scale = 10.0 ** -torch.randint(1, 7, (nq, nd), generator=g).float()
+        s = 1.0 + torch.randn(nq, nd, generator=g) * scale
+        s[:, 3] = 1e6
     else:  # every score equal: one bucket, already in index order
         s = torch.full((nq, nd), 0.25)
     return s
@@ -391,7 +419,7 @@ def _scores(kind: str, nq: int, nd: int, g: torch.Generator) -> torch.Tensor:
 
 @pytest.mark.parametrize("multi", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("kind", ["ties", "continuous", "clustered", "constant"])
+@pytest.mark.parametrize("kind", ["ties", "continuous", "clustered", "nested", "constant"])
 def test_ranking_kernel_equals_a_lexsort_reference_at_size(multi, threads, kind):
     """Issue 15: the bucketed ranking kernel gives what a plain (-score, index) lexsort gives, ties (-0.0 = 0.0)
     and exclusion included, for every path through the kernel, in every chunking and in parallel threads."""

@@ -26,8 +26,12 @@ from numba import njit
 #: database items per score bucket, on average, and the most buckets (their counts stay in the L1 cache)
 _ITEMS_PER_BUCKET = 16
 _MAX_BUCKETS = 8192
-#: a bucket with more items than this is sorted; smaller ones rank each relevant item by counting smaller keys
-_COMPARE_MAX = 256
+#: a bucket with more items than this is split again (``_rank_crowded``); smaller ones rank each relevant item by
+#: counting the smaller keys
+_COMPARE_MAX = 64
+#: the most parts a crowded bucket is split into, and the deepest pending parts (at most 8 splits deep)
+_SUB_BUCKETS = 4096
+_STACK = 8 * _SUB_BUCKETS + 8
 #: every how many scores the bucket range is sampled from
 _RANGE_STRIDE = 8
 
@@ -50,6 +54,84 @@ def _key(x, j, relevant):  # pragma: no cover - compiled
     return (np.uint64(x) << np.uint64(32)) | (np.uint64(j) << np.uint64(1)) | np.uint64(relevant)
 
 
+@njit(nogil=True, inline="always")
+def _rank_small(seg, first, n_rel, ordpos, relk):  # pragma: no cover - compiled
+    """Rank each relevant key of a small bucket by counting the smaller keys there; returns the new ``n_rel``."""
+    one = np.uint64(1)
+    n = seg.size
+    nr = 0
+    for t in range(n):
+        # the bucket's relevant keys, gathered without a branch
+        relk[nr] = seg[t]
+        nr += np.int64(seg[t] & one)
+    for v in range(nr):
+        c = relk[v]
+        # rank within the bucket = keys below this one; ordinal = relevant keys below it
+        w = np.int64(0)
+        for u in range(n):
+            w += np.int64(seg[u] < c)
+        wr = np.int64(0)
+        for u in range(nr):
+            wr += np.int64(relk[u] < c)
+        ordpos[n_rel + wr] = first + w
+    return n_rel + nr
+
+
+@_compiled
+def _rank_crowded(buf, tmp, lo, n, n_rel, ordpos, relk, stack, sub):  # pragma: no cover - compiled
+    """Rank the relevant keys of a crowded bucket ``buf[lo:lo + n]`` (its first item has rank ``lo``).
+
+    The bucket is split again, linearly in its own key range, and each part is ranked in order: parts of one key
+    are ties, already in index order; small parts are counted; crowded ones are split in turn. Each split narrows
+    the key range at least 16-fold, so a bucket is split at most 8 times deep, whatever the scores' clustering.
+    """
+    one = np.uint64(1)
+    stack[0, 0] = lo
+    stack[0, 1] = n
+    top = 1
+    while top > 0:
+        top -= 1
+        a = stack[top, 0]
+        m = stack[top, 1]
+        seg = buf[a:a + m]
+        if m <= _COMPARE_MAX:
+            n_rel = _rank_small(seg, a, n_rel, ordpos, relk)
+            continue
+        kmin = seg[0] >> np.uint64(32)
+        kmax = kmin
+        for t in range(1, m):
+            k = seg[t] >> np.uint64(32)
+            kmin = min(kmin, k)
+            kmax = max(kmax, k)
+        if kmin == kmax:
+            # one score: ties, which the stable scatters kept in database order
+            for t in range(m):
+                if seg[t] & one:
+                    ordpos[n_rel] = a + t
+                    n_rel += 1
+            continue
+        parts = min(m // 4, _SUB_BUCKETS)
+        per = parts / (np.float64(kmax - kmin) + 1.0)
+        sub[:parts + 1] = 0
+        for t in range(m):
+            sub[min(np.int64(np.float64((seg[t] >> np.uint64(32)) - kmin) * per), parts - 1) + 1] += 1
+        for p in range(parts):
+            sub[p + 1] += sub[p]
+        for t in range(m):
+            p = min(np.int64(np.float64((seg[t] >> np.uint64(32)) - kmin) * per), parts - 1)
+            tmp[a + sub[p]] = seg[t]
+            sub[p] += 1
+        seg[:] = tmp[a:a + m]
+        # sub[p] is now the end of part p; push the parts last to first so that they pop in ranking order
+        for p in range(parts - 1, -1, -1):
+            start = sub[p - 1] if p > 0 else 0
+            if sub[p] > start:
+                stack[top, 0] = a + start
+                stack[top, 1] = sub[p] - start
+                top += 1
+    return n_rel
+
+
 @_compiled
 def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out, p_out, apk_out,
                  rp_out):  # pragma: no cover
@@ -67,9 +149,11 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
     fill = np.empty(nb + 1, np.int32)  # bucket nb holds the excluded item, after every ranked one
     buf = np.empty(d, np.uint64)  # the keys grouped by bucket
     relk = np.empty(_COMPARE_MAX + 1, np.uint64)
+    tmp = np.empty(d, np.uint64)
+    stack = np.empty((_STACK, 2), np.int64)
+    sub = np.empty(_SUB_BUCKETS + 1, np.int64)
     ordpos = np.empty(d, np.int64)  # rank of the o-th relevant item (o = 0, 1, ...)
     cum = np.empty(d, np.float64)  # sum of o / rank over the first o relevant items
-    one = np.uint64(1)
     for i in range(m):
         s = sc[i]
         su = s.view(np.uint32)
@@ -124,35 +208,11 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
         n_rel = 0
         for b in range(nb):
             first = cnt[b]
-            seg = buf[first:cnt[b + 1]]
-            n = seg.size
+            n = cnt[b + 1] - first
             if n > _COMPARE_MAX:
-                # a bucket of equal scores (Hamming distances, say) arrives already in index order
-                for t in range(1, n):
-                    if seg[t] < seg[t - 1]:
-                        seg.sort()
-                        break
-                for t in range(n):
-                    if seg[t] & one:
-                        ordpos[n_rel] = first + t
-                        n_rel += 1
-                continue
-            nr = 0
-            for t in range(n):
-                # the bucket's relevant keys, gathered without a branch
-                relk[nr] = seg[t]
-                nr += np.int64(seg[t] & one)
-            for v in range(nr):
-                c = relk[v]
-                # rank within the bucket = keys below this one; ordinal = relevant keys below it
-                w = np.int64(0)
-                for u in range(n):
-                    w += np.int64(seg[u] < c)
-                wr = np.int64(0)
-                for u in range(nr):
-                    wr += np.int64(relk[u] < c)
-                ordpos[n_rel + wr] = first + w
-            n_rel += nr
+                n_rel = _rank_crowded(buf, tmp, first, n, n_rel, ordpos, relk, stack, sub)
+            else:
+                n_rel = _rank_small(buf[first:first + n], first, n_rel, ordpos, relk)
         ap = 0.0
         for o in range(n_rel):
             ap += (o + 1.0) / (ordpos[o] + 1.0)

@@ -40,8 +40,8 @@ from commonspace.data.labels import canonical_labels, label_pair, pair_relevance
 __all__ = ["similarity", "retrieval_metrics", "cross_modal_retrieval", "precision_ceiling", "METRICS"]
 
 METRICS = ("cosine", "euclidean", "dot")
-#: elements of one (queries x database) chunk when ``chunk_size`` is not given (16M: 5 bytes each, 9 with
-#: multi-label relevance, per worker thread: about 160 MB for two threads)
+#: elements of one (queries x database) chunk when ``chunk_size`` is not given: 16M float32 scores (plus 5 bytes
+#: each of relevance and label counts for multi-label data) per worker thread, about 67 MB per thread
 _CHUNK_ELEMENTS = 1 << 24
 
 
@@ -85,11 +85,10 @@ def similarity(query: Tensor, database: Tensor, metric: str = "cosine") -> Tenso
 
 def _class_codes(ql: Tensor, dl: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Dense int32 codes of database class ids, and each query's code (-1: a class no database item has)."""
-    classes, dcode = np.unique(dl.numpy(), return_inverse=True)
-    q = ql.numpy()
-    pos = np.searchsorted(classes, q).clip(max=max(classes.size - 1, 0))
-    qcode = np.where(classes[pos] == q, pos, -1) if classes.size else np.full(q.shape, -1)
-    return qcode.astype(np.int32), dcode.astype(np.int32).reshape(-1)
+    classes, dcode = np.unique(dl.cpu().numpy(), return_inverse=True)  # a non-empty database: >= 1 class
+    q = ql.cpu().numpy()
+    pos = np.searchsorted(classes, q).clip(max=classes.size - 1)
+    return np.where(classes[pos] == q, pos, -1).astype(np.int32), dcode.astype(np.int32).reshape(-1)
 
 
 def _check_labels(query_labels: object, db_labels: object, nq: int, nd: int) -> tuple[Tensor, Tensor, bool]:
@@ -205,12 +204,12 @@ def retrieval_metrics(
     out_apk = np.zeros((nq, len(map_at)), dtype=np.float64)
     out_rp = np.zeros(nq, dtype=np.float64)
     ks_a, map_a = np.asarray(ks, dtype=np.int64), np.asarray(map_at, dtype=np.int64)
-    ex_a = np.full(nq, -1, dtype=np.int64) if ex is None else ex.numpy()
+    ex_a = np.full(nq, -1, dtype=np.int64) if ex is None else ex.cpu().numpy()
     db_t = _float(db_emb) if scores is None else None
     # float32 dot products through numpy's OpenBLAS: on one thread per worker it runs this (chunk x d) @ (d x D)
     # shape about 1.4x faster than torch's MKL (docs/metrics.md); every chunk and thread count gives the same bits
     dot32 = scores is None and metric == "dot" and query_emb.dtype == db_t.dtype == torch.float32
-    q_a, d_a = (query_emb.numpy(), db_t.numpy()) if dot32 else (None, None)
+    q_a, d_a = (query_emb.cpu().numpy(), db_t.cpu().numpy()) if dot32 else (None, None)
     starts = range(0, nq, chunk_size)
     threads_before = torch.get_num_threads()
     threads = max(1, min(threads_before, 8))
@@ -257,8 +256,9 @@ def retrieval_metrics(
         for s in starts:
             chunk(s)
     else:
-        # each worker scores, labels and ranks whole chunks on one torch thread: the matmul of one chunk overlaps
-        # the ranking of another (the kernel releases the GIL), which beats two-thread matmuls between rankings
+        # each worker scores and ranks whole chunks on one BLAS and one torch thread (the kernel and the matmul
+        # release the GIL): one-thread OpenBLAS runs this shape fastest, and no ranking waits for a matmul. torch's
+        # setting is process-wide, so it is restored as soon as the chunks are done
         torch.set_num_threads(1)
         try:
             with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
