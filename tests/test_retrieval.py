@@ -113,14 +113,18 @@ def test_multilabel_by_hand():
 # ----------------------------------------------------------------- against sklearn and the reference
 
 
+def _random_set(seed, nq, nd, dim, classes, multi, p=0.3):
+    """Random query and database embeddings with class ids, or multi-label indicators (each on with prob. p)."""
+    g = torch.Generator().manual_seed(seed)
+    q, d = torch.randn(nq, dim, generator=g), torch.randn(nd, dim, generator=g)
+    if multi:
+        return q, d, torch.rand(nq, classes, generator=g) < p, torch.rand(nd, classes, generator=g) < p, g
+    return q, d, torch.randint(0, classes, (nq,), generator=g), torch.randint(0, classes, (nd,), generator=g), g
+
+
 @pytest.mark.parametrize("multi", [False, True])
 def test_map_matches_sklearn_without_ties(multi):
-    g = torch.Generator().manual_seed(0)
-    q, d = torch.randn(40, 16, generator=g), torch.randn(300, 16, generator=g)
-    if multi:
-        ql, dl = torch.rand(40, 5, generator=g) < 0.3, torch.rand(300, 5, generator=g) < 0.3
-    else:
-        ql, dl = torch.randint(0, 6, (40,), generator=g), torch.randint(0, 6, (300,), generator=g)
+    q, d, ql, dl, _ = _random_set(0, 40, 300, 16, 5 if multi else 6, multi)
     r = retrieval_metrics(q, d, ql, dl, metric="dot", per_query=True)
     s = (q @ d.T).numpy()
     ap = r["per_query"]["ap"]
@@ -214,12 +218,7 @@ def test_single_item_class_with_exclude_self_is_excluded():
 
 @pytest.mark.parametrize("multi", [False, True])
 def test_chunking_does_not_change_results(multi):
-    g = torch.Generator().manual_seed(4)
-    q, d = torch.randn(203, 12, generator=g), torch.randn(157, 12, generator=g)
-    if multi:
-        ql, dl = torch.rand(203, 6, generator=g) < 0.2, torch.rand(157, 6, generator=g) < 0.2
-    else:
-        ql, dl = torch.randint(0, 7, (203,), generator=g), torch.randint(0, 7, (157,), generator=g)
+    q, d, ql, dl, g = _random_set(4, 203, 157, 12, 6 if multi else 7, multi, p=0.2)
     ex = torch.randint(-1, 157, (203,), generator=g)
     kw = dict(ks=(1, 10), map_at=(10, 50), exclude_self=ex, r_precision=True, per_query=True)
     full = retrieval_metrics(q, d, ql, dl, chunk_size=10_000, **kw)
@@ -233,12 +232,7 @@ def test_chunking_does_not_change_results(multi):
 @pytest.mark.parametrize("multi", [False, True])
 def test_threads_and_chunks_give_the_same_bits(multi):
     """Worker threads, one BLAS thread each, and any chunking: the same per-query values, bit for bit."""
-    g = torch.Generator().manual_seed(8)
-    q, d = torch.randn(600, 32, generator=g), torch.randn(2000, 32, generator=g)
-    if multi:
-        ql, dl = torch.rand(600, 5, generator=g) < 0.3, torch.rand(2000, 5, generator=g) < 0.3
-    else:
-        ql, dl = torch.randint(0, 9, (600,), generator=g), torch.randint(0, 9, (2000,), generator=g)
+    q, d, ql, dl, _ = _random_set(8, 600, 2000, 32, 5 if multi else 9, multi)
     kw = dict(ks=(1, 10), map_at=(10,), r_precision=True, per_query=True)
     old = torch.get_num_threads()
     runs = []
