@@ -79,6 +79,12 @@ def _rank_small(seg, first, n_rel, ordpos, relk):  # pragma: no cover - compiled
     return n_rel + nr
 
 
+@njit(inline="always")
+def _part(key, kmin, per, parts):  # pragma: no cover - compiled
+    """The part of a crowded bucket that ``key`` goes to: linear in its score key, from ``kmin``."""
+    return min(np.int64(np.float64((key >> np.uint64(32)) - kmin) * per), parts - 1)
+
+
 @_compiled
 def _rank_crowded(buf, tmp, lo, n, n_rel, ordpos, relk, stack, sub):  # pragma: no cover - compiled
     """Rank the relevant keys of a crowded bucket ``buf[lo:lo + n]`` (its first item has rank ``lo``).
@@ -116,11 +122,11 @@ def _rank_crowded(buf, tmp, lo, n, n_rel, ordpos, relk, stack, sub):  # pragma: 
         per = parts / (np.float64(kmax - kmin) + 1.0)
         sub[:parts + 1] = 0
         for t in range(m):
-            sub[min(np.int64(np.float64((seg[t] >> np.uint64(32)) - kmin) * per), parts - 1) + 1] += 1
+            sub[_part(seg[t], kmin, per, parts) + 1] += 1
         for p in range(parts):
             sub[p + 1] += sub[p]
         for t in range(m):
-            p = min(np.int64(np.float64((seg[t] >> np.uint64(32)) - kmin) * per), parts - 1)
+            p = _part(seg[t], kmin, per, parts)
             tmp[a + sub[p]] = seg[t]
             sub[p] += 1
         seg[:] = tmp[a:a + m]
@@ -156,12 +162,10 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
     sub = np.empty(_SUB_BUCKETS + 1, np.int64)
     ordpos = np.empty(d, np.int64)  # rank of the o-th relevant item (o = 0, 1, ...)
     cum = np.empty(d, np.float64)  # sum of o / rank over the first o relevant items
+    by_code = rel.shape[0] == 0
     for i in range(m):
         s = sc[i]
         su = s.view(np.uint32)
-        by_code = rel.shape[0] == 0
-        r = rel[0] if by_code else rel[i]
-        qc = qcode[i] if by_code else 0
         e = ex[i]
         # the bucket range from a sample of the scores: items beyond it join the first or last bucket, which keeps
         # the map monotone (only those buckets grow)
@@ -197,12 +201,15 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
             tot += c
         cnt[nb] = tot
         fill[nb] = tot
+        # one loop per relevance source, so that neither tests which source it has per item
         if by_code:
+            qc = qcode[i]
             for j in range(d):
                 b = bk[j]
                 buf[fill[b]] = _key(su[j], j, dcode[j] == qc)
                 fill[b] += 1
         else:
+            r = rel[i]
             for j in range(d):
                 b = bk[j]
                 buf[fill[b]] = _key(su[j], j, r[j])
