@@ -31,7 +31,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from commonspace.data.dataset import DataError
@@ -83,12 +82,28 @@ def similarity(query: Tensor, database: Tensor, metric: str = "cosine") -> Tenso
     raise DataError(f"unknown metric {metric!r}; use one of {METRICS}")
 
 
+def _class_index(classes: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Position of each of ``q`` in the sorted, non-empty ``classes``; -1 where it is not there."""
+    pos = np.searchsorted(classes, q).clip(max=classes.size - 1)
+    return np.where(classes[pos] == q, pos, -1)
+
+
 def _class_codes(ql: Tensor, dl: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Dense int32 codes of database class ids, and each query's code (-1: a class no database item has)."""
     classes, dcode = np.unique(dl.cpu().numpy(), return_inverse=True)  # a non-empty database: >= 1 class
-    q = ql.cpu().numpy()
-    pos = np.searchsorted(classes, q).clip(max=classes.size - 1)
-    return np.where(classes[pos] == q, pos, -1).astype(np.int32), dcode.astype(np.int32).reshape(-1)
+    return _class_index(classes, ql.cpu().numpy()).astype(np.int32), dcode.astype(np.int32).reshape(-1)
+
+
+_BLAS: list = []  # threadpoolctl's view of the BLAS libraries, found once (0.6 ms a lookup otherwise)
+
+
+def _one_blas_thread():  # noqa: ANN202 - threadpoolctl's context manager
+    """A context in which BLAS runs on one thread."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 def _check_labels(query_labels: object, db_labels: object, nq: int, nd: int) -> tuple[Tensor, Tensor, bool]:
@@ -261,7 +276,7 @@ def retrieval_metrics(
         # setting is process-wide, so it is restored as soon as the chunks are done
         torch.set_num_threads(1)
         try:
-            with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            with _one_blas_thread(), ThreadPoolExecutor(workers) as pool:
                 list(pool.map(chunk, starts))
         finally:
             torch.set_num_threads(threads_before)
@@ -393,9 +408,9 @@ def precision_ceiling(labels: object, ks: tuple[int, ...] = (10, 50), db_labels:
     if q.size == 0 or d.size == 0:
         raise DataError("precision_ceiling needs at least one query and one database label")
     classes, counts = np.unique(d, return_counts=True)
-    pos = np.searchsorted(classes, q).clip(max=classes.size - 1)
+    pos = _class_index(classes, q)
     own = db_labels is None
-    r = np.where(classes[pos] == q, counts[pos], 0) - int(own)
+    r = np.where(pos >= 0, counts[pos], 0) - int(own)
     size = d.size - int(own)
     out = {}
     for k in ks:
