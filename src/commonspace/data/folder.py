@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -215,11 +214,9 @@ def write_folder(data_or_source: MultimodalDataset | str | os.PathLike, out_dir:
 
 def _staging_dir(out: Path, suffix: str = ".tmp") -> Path:
     """A new hidden sibling folder of ``out``, named so that :func:`_sweep_stale_dirs` removes it if its writer dies."""
-    from commonspace.data.io import _host_tag, _signals_deferred
+    from commonspace.data.io import _host_tag, _make_temp_dir
 
-    with _signals_deferred():  # a signal inside mkdtemp would leave a folder without a name to remove
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-{_host_tag()}.", suffix=suffix,
-                                     dir=out.parent))
+    return _make_temp_dir(out.parent, f".{out.name}.{os.getpid()}-{_host_tag()}.", suffix)
 
 
 def _publish(tmp: Path, out: Path, replace_existing: bool) -> None:

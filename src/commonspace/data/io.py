@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import tempfile
@@ -204,6 +205,21 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _make_temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """``tempfile.mkdtemp`` safe from Ctrl-C, SIGTERM and SIGHUP: a signal inside mkdtemp, or one held back until
+    it returns, would leave a folder without a name to remove. Held signals are delivered before this returns,
+    and the folder is removed if they raise."""
+    path: Path | None = None
+    try:
+        with _signals_deferred():
+            path = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    except BaseException:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path
 
 
 class Terminated(SystemExit):

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from commonspace.data.dataset import DataError, Standardizer
-from commonspace.data.io import STALE_TMP_SECONDS, _host_tag, _pid_alive, _signals_deferred, _umask
+from commonspace.data.io import STALE_TMP_SECONDS, _host_tag, _make_temp_dir, _pid_alive, _umask
 from commonspace.models.base import MultimodalModel, create
 
 __all__ = [
@@ -155,12 +154,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         if _is_stale(stale, target.name, now):
             shutil.rmtree(stale, ignore_errors=True)
-    tmp: Path | None = None
+    tmp = _make_temp_dir(target.parent, f".{target.name}.tmp-{os.getpid()}-{_host_tag()}-")
     try:
-        # a signal inside mkdtemp, or before its name is kept, would leave a folder nothing removes (as in
-        # data.io.write_atomic): held back until tmp is set, then delivered inside this try
-        with _signals_deferred():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-{_host_tag()}-", dir=target.parent))
         os.chmod(tmp, _umask_mode(0o777))
         yield tmp
         _fsync_path(tmp)
@@ -176,8 +171,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         if old.exists():
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
