@@ -411,15 +411,25 @@ def _scores(kind: str, nq: int, nd: int, g: torch.Generator) -> torch.Tensor:
     return s
 
 
+def _scores_by_relevance(rel: np.ndarray, outlier: bool, g: torch.Generator) -> torch.Tensor:
+    """Relevant items score higher, with an overlap: buckets of relevant items only, of none and mixed ones; with
+    ``outlier``, all of them inside one crowded bucket, so the crowded split meets all three kinds of part."""
+    s = torch.from_numpy(rel).float() + 0.3 * torch.randn(rel.shape, generator=g)
+    if outlier:
+        s[:, 5] = 1e4
+    return s
+
+
 @pytest.mark.parametrize("multi", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("kind", ["ties", "continuous", "clustered", "nested", "constant"])
+@pytest.mark.parametrize("kind", ["ties", "continuous", "clustered", "nested", "constant", "by_relevance",
+                                  "by_relevance_crowded"])
 def test_ranking_kernel_equals_a_lexsort_reference_at_size(multi, threads, kind):
     """Issue 15: the bucketed ranking kernel gives what a plain (-score, index) lexsort gives, ties (-0.0 = 0.0)
     and exclusion included, for every path through the kernel, in every chunking and in parallel threads."""
     g = torch.Generator().manual_seed(7)
     nq, nd = 120, 3000
-    scores = _scores(kind, nq, nd, g)
+    scores = None if kind.startswith("by_relevance") else _scores(kind, nq, nd, g)
     if multi:
         ql, dl = torch.rand(nq, 6, generator=g) < 0.3, torch.rand(nd, 6, generator=g) < 0.3
         rel = (ql.float() @ dl.float().T > 0).numpy()
@@ -427,6 +437,8 @@ def test_ranking_kernel_equals_a_lexsort_reference_at_size(multi, threads, kind)
         ql, dl = torch.randint(0, 7, (nq,), generator=g), torch.randint(0, 7, (nd,), generator=g)
         rel = (ql[:, None] == dl[None, :]).numpy()
     ex = torch.randint(-1, nd, (nq,), generator=g)
+    if scores is None:
+        scores = _scores_by_relevance(rel, kind.endswith("crowded"), g)
     rel[np.arange(nq), ex.numpy()] &= ex.numpy() < 0  # the excluded item is never relevant
     ks, map_at = (1, 10, 500, 5000), (10, 100)
     ref = _lexsort_reference(scores.numpy(), rel, ex.numpy(), ks, map_at, "retrieved")

@@ -13,8 +13,12 @@ database. For one query the kernel
    relevant items the same way; a bucket of more than 64 items is split again in its own key range
    (``_rank_crowded``), so the work stays linear for clustered scores.
 
+Where crowded buckets hold more than an eighth of a row (clustered scores), one more pass counts the relevant items
+per bucket first: a bucket without any needs only its count and one of relevant items only is a run of consecutive
+ranks, so only the keys of mixed buckets are written and ranked. The crowded split does the same for its parts.
+
 Numpy's sort, argsort and searchsorted cost 25-70 ns an element on the 2-core reference machine; these passes cost
-about 5 on random scores and 12-14 on tightly clustered ones (docs/metrics.md, "Speed and memory"). Sums run in
+about 4-5 on random scores and 2.3-2.4 on tightly clustered ones (docs/metrics.md, "Speed and memory"). Sums run in
 ranking order, term by term as ``docs/metrics.md`` writes them, in float64.
 """
 
@@ -36,6 +40,8 @@ _SUB_BUCKETS = 4096
 _STACK = 8 * _SUB_BUCKETS + 8
 #: every how many scores the bucket range is sampled from
 _RANGE_STRIDE = 8
+#: relevant items are counted per bucket when more than 1/_PURE_SHARE of the items sit in crowded buckets
+_PURE_SHARE = 8
 
 
 def _compiled(fn: Callable) -> Callable:
@@ -85,22 +91,41 @@ def _part(key, kmin, per, parts):  # pragma: no cover - compiled
     return min(np.int64(np.float64((key >> np.uint64(32)) - kmin) * per), parts - 1)
 
 
-@_compiled
-def _rank_crowded(buf, tmp, lo, n, n_rel, ordpos, relk, stack, sub):  # pragma: no cover - compiled
-    """Rank the relevant keys of a crowded bucket ``buf[lo:lo + n]`` (its first item has rank ``lo``).
+@njit(inline="always")
+def _emit_run(first, n, n_rel, ordpos):  # pragma: no cover - compiled
+    """``n`` relevant items and nothing else from rank ``first``: their ranks follow each other whatever their
+    order, so nothing in the run needs ranking."""
+    for t in range(n):
+        ordpos[n_rel + t] = first + t
+    return n_rel + n
 
-    The bucket is split again, linearly in its own key range, and each part is ranked in order: parts of one key
-    are ties, already in index order; small parts are counted; crowded ones are split in turn. Each split narrows
-    the key range at least 16-fold, so a bucket is split at most 8 times deep, whatever the scores' clustering.
+
+@_compiled
+def _rank_crowded(buf, tmp, lo, n, n_rel, ordpos, relk, stack, part):  # pragma: no cover - compiled
+    """Rank the relevant keys of a crowded bucket ``buf[lo:lo + n]`` that holds relevant and other items (its first
+    item has rank ``lo``).
+
+    The bucket is split again, linearly in its own key range, and its parts are taken in ranking order: one
+    without relevant items is skipped and one of relevant items only is a run (``_emit_run``), so only the keys of
+    mixed parts are written out; a part of one key is ties, already in index order; small parts are counted;
+    crowded ones are split in turn. Each split narrows the key range at least 16-fold, so a bucket is split at most
+    8 times deep, whatever the scores' clustering.
     """
     one = np.uint64(1)
+    low = np.int64(0xFFFFFFFF)
+    trash = tmp.size - 1  # where the keys of unmixed parts go: one slot, never read
+    cnt, fill, inc, nrel = part[0], part[1], part[2], part[3]
     stack[0, 0] = lo
     stack[0, 1] = n
+    stack[0, 2] = 0
     top = 1
     while top > 0:
         top -= 1
         a = stack[top, 0]
         m = stack[top, 1]
+        if stack[top, 2]:
+            n_rel = _emit_run(a, m, n_rel, ordpos)
+            continue
         seg = buf[a:a + m]
         if m <= _COMPARE_MAX:
             n_rel = _rank_small(seg, a, n_rel, ordpos, relk)
@@ -120,23 +145,55 @@ def _rank_crowded(buf, tmp, lo, n, n_rel, ordpos, relk, stack, sub):  # pragma: 
             continue
         parts = min(m // 4, _SUB_BUCKETS)
         per = parts / (np.float64(kmax - kmin) + 1.0)
-        sub[:parts + 1] = 0
+        # items per part, relevant ones counted in the high 32 bits of the same counter
+        cnt[:parts] = 0
         for t in range(m):
-            sub[_part(seg[t], kmin, per, parts) + 1] += 1
+            cnt[_part(seg[t], kmin, per, parts)] += np.int64(1) + (np.int64(seg[t] & one) << np.int64(32))
+        pos = a
         for p in range(parts):
-            sub[p + 1] += sub[p]
+            c = cnt[p] & low
+            r = cnt[p] >> np.int64(32)
+            mixed = 0 < r < c
+            nrel[p] = r
+            cnt[p] = pos  # from here on: the part's first rank
+            fill[p] = pos if mixed else trash
+            inc[p] = np.int64(mixed)
+            pos += c
+        cnt[parts] = pos
         for t in range(m):
             p = _part(seg[t], kmin, per, parts)
-            tmp[a + sub[p]] = seg[t]
-            sub[p] += 1
-        seg[:] = tmp[a:a + m]
-        # sub[p] is now the end of part p; push the parts last to first so that they pop in ranking order
+            f = fill[p]
+            tmp[f] = seg[t]
+            fill[p] = f + inc[p]
+        # the parts with relevant items, pushed last to first so that they pop in ranking order
         for p in range(parts - 1, -1, -1):
-            start = sub[p - 1] if p > 0 else 0
-            if sub[p] > start:
-                stack[top, 0] = a + start
-                stack[top, 1] = sub[p] - start
+            start = cnt[p]
+            c = cnt[p + 1] - start
+            if nrel[p] > 0:
+                if inc[p]:
+                    buf[start:start + c] = tmp[start:start + c]
+                stack[top, 0] = start
+                stack[top, 1] = c
+                stack[top, 2] = 1 - inc[p]
                 top += 1
+    return n_rel
+
+
+@_compiled
+def _rank_pure_buckets(buf, tmp, cnt, nrel, inc, nb, ordpos, relk, stack, part):  # pragma: no cover - compiled
+    """The relevant ranks of a row whose relevant items were counted per bucket: buckets without any are skipped,
+    buckets of relevant items only are runs, mixed ones are ranked. Returns how many there are."""
+    n_rel = 0
+    for b in range(nb):
+        first = cnt[b]
+        n = cnt[b + 1] - first
+        if not inc[b]:
+            if nrel[b] > 0:
+                n_rel = _emit_run(first, n, n_rel, ordpos)
+        elif n > _COMPARE_MAX:
+            n_rel = _rank_crowded(buf, tmp, first, n, n_rel, ordpos, relk, stack, part)
+        else:
+            n_rel = _rank_small(buf[first:first + n], first, n_rel, ordpos, relk)
     return n_rel
 
 
@@ -153,13 +210,16 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
     m, d = sc.shape
     nb = max(1, min(d // _ITEMS_PER_BUCKET, _MAX_BUCKETS))
     bk = np.empty(d, np.uint16)
-    cnt = np.empty(nb + 2, np.int32)  # items per bucket, then the rank of each bucket's first item
+    hist = np.empty(nb + 1, np.int32)  # items per bucket
+    cnt = np.empty(nb + 1, np.int32)  # the rank of each bucket's first item
+    nrel = np.empty(nb + 1, np.int32)  # relevant items per bucket (when counted), the excluded item's last
     fill = np.empty(nb + 1, np.int32)  # bucket nb holds the excluded item, after every ranked one
-    buf = np.empty(d, np.uint64)  # the keys grouped by bucket
+    inc = np.empty(nb + 1, np.int32)  # 1 for a mixed bucket, whose keys are written out; 0 sends them to the trash
+    buf = np.empty(d + 1, np.uint64)  # the keys of mixed buckets grouped by bucket; buf[d] is the trash slot
     relk = np.empty(_COMPARE_MAX + 1, np.uint64)
-    tmp = np.empty(d, np.uint64)
-    stack = np.empty((_STACK, 2), np.int64)
-    sub = np.empty(_SUB_BUCKETS + 1, np.int64)
+    tmp = np.empty(d + 1, np.uint64)
+    stack = np.empty((_STACK, 3), np.int64)
+    part = np.empty((4, _SUB_BUCKETS + 1), np.int64)
     ordpos = np.empty(d, np.int64)  # rank of the o-th relevant item (o = 0, 1, ...)
     cum = np.empty(d, np.float64)  # sum of o / rank over the first o relevant items
     by_code = rel.shape[0] == 0
@@ -167,6 +227,7 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
         s = sc[i]
         su = s.view(np.uint32)
         e = ex[i]
+        qc = qcode[i]
         # the bucket range from a sample of the scores: items beyond it join the first or last bucket, which keeps
         # the map monotone (only those buckets grow)
         lo32 = np.float32(np.inf)
@@ -185,25 +246,59 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
                 bk[j] = np.int64(min(max((hi - np.float64(s[j])) * scale, 0.0), top))
         else:
             bk[:] = 0
-        cnt[:] = 0
+        hist[:] = 0
         for j in range(d):
-            cnt[bk[j]] += 1
+            hist[bk[j]] += 1
         n_db = d
         if e >= 0:
-            cnt[bk[e]] -= 1
+            hist[bk[e]] -= 1
             bk[e] = nb
             n_db -= 1
         tot = 0
+        crowded = 0
         for b in range(nb):
-            c = cnt[b]
+            c = hist[b]
             cnt[b] = tot
             fill[b] = tot
             tot += c
+            crowded += c if c > _COMPARE_MAX else 0
         cnt[nb] = tot
         fill[nb] = tot
-        # one loop per relevance source, so that neither tests which source it has per item
-        if by_code:
-            qc = qcode[i]
+        # clustered scores crowd buckets, often with items of one kind only: a bucket with no relevant item needs
+        # only its count, and one of relevant items only is a run of ranks. So where crowded buckets hold a fair
+        # share of the items, one more pass counts the relevant items per bucket and only the keys of mixed buckets
+        # are written out (the others go to the trash slot, buf[d]). Elsewhere that pass would cost more than it saves
+        pure = crowded * _PURE_SHARE > d
+        if pure:
+            nrel[:] = 0
+            if by_code:
+                for j in range(d):
+                    nrel[bk[j]] += dcode[j] == qc
+            else:
+                r = rel[i]
+                for j in range(d):
+                    nrel[bk[j]] += r[j]
+            for b in range(nb):
+                mixed = 0 < nrel[b] < hist[b]
+                inc[b] = mixed
+                if not mixed:
+                    fill[b] = d
+            inc[nb] = 0
+            fill[nb] = d
+        if pure and by_code:
+            for j in range(d):
+                b = bk[j]
+                f = fill[b]
+                buf[f] = _key(su[j], j, dcode[j] == qc)
+                fill[b] = f + inc[b]
+        elif pure:
+            r = rel[i]
+            for j in range(d):
+                b = bk[j]
+                f = fill[b]
+                buf[f] = _key(su[j], j, r[j])
+                fill[b] = f + inc[b]
+        elif by_code:
             for j in range(d):
                 b = bk[j]
                 buf[fill[b]] = _key(su[j], j, dcode[j] == qc)
@@ -215,13 +310,16 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
                 buf[fill[b]] = _key(su[j], j, r[j])
                 fill[b] += 1
         n_rel = 0
-        for b in range(nb):
-            first = cnt[b]
-            n = cnt[b + 1] - first
-            if n > _COMPARE_MAX:
-                n_rel = _rank_crowded(buf, tmp, first, n, n_rel, ordpos, relk, stack, sub)
-            else:
-                n_rel = _rank_small(buf[first:first + n], first, n_rel, ordpos, relk)
+        if pure:
+            n_rel = _rank_pure_buckets(buf, tmp, cnt, nrel, inc, nb, ordpos, relk, stack, part)
+        else:
+            for b in range(nb):
+                first = cnt[b]
+                n = cnt[b + 1] - first
+                if n > _COMPARE_MAX:
+                    n_rel = _rank_crowded(buf, tmp, first, n, n_rel, ordpos, relk, stack, part)
+                else:
+                    n_rel = _rank_small(buf[first:first + n], first, n_rel, ordpos, relk)
         ap = 0.0
         for o in range(n_rel):
             ap += (o + 1.0) / (ordpos[o] + 1.0)
