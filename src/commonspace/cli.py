@@ -469,6 +469,10 @@ def bench(
     = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run: reuse the runs it recorded under "
                                               "--out with the same plan (hashing records every run)")] = False,
+    jobs: Annotated[int | None, typer.Option(min=1, help="seeds run at once, each in its own process on one "
+                                             "thread (default: one per core for the one-thread specs cvs and ima, "
+                                             "else 1); the results do not change")]
+    = None,
 ) -> None:
     """Run a paper's protocol and print our numbers beside the paper's."""
     from commonspace.bench.runner import BenchContext, available_specs, run_spec
@@ -484,9 +488,14 @@ def bench(
         return
     if name not in {s.name for s in specs}:
         _fail(f"unknown benchmark {name!r}; available: {[s.name for s in specs]}")
+    spec = next(s for s in specs if s.name == name)
+    spec_threads = threads if threads is not None else spec.threads
+    if jobs is not None and jobs > 1 and spec.parallel_seeds and spec_threads != 1:
+        _fail(f"--jobs {jobs} runs each seed in its own process on one torch thread, but bench {name} runs on "
+              f"{spec_threads or 'torch default'} threads; add --threads 1 (or use --jobs 1)")
     ctx = BenchContext(quick=quick, seeds=list(range(seeds)), out_dir=out_dir / name, data_root=data_root,
                        console=out, progress=progress, datasets=_split_list(datasets_), threads=threads,
-                       resume=resume)
+                       resume=resume, jobs=jobs)
     run_spec(name, ctx)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from commonspace.bench.report import ResultTable, Row
+from commonspace.bench.runner import extend_nested
 from commonspace.eval.robustness import summary_rows
 
 __all__ = ["RobustnessRows"]
@@ -39,6 +40,12 @@ class RobustnessRows:
                 v = r[key.format(k=self.k)]
                 if v is not None:
                     cols.setdefault(col.format(k=self.k), []).append(float(v))
+
+    def merge(self, other: RobustnessRows) -> None:
+        """Append another seed's results (``map_seeds`` results, in seed order)."""
+        extend_nested(self.values, other.values)
+        self.present.update(other.present)
+        self.results.extend(other.results)
 
     def table(self, title: str, notes: list[str] | None = None, by_size: bool = False) -> ResultTable:
         """Rows ``method: subset``; with ``by_size`` one row per method and subset size (``method: k of M``), each

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from commonspace.bench.report import BenchResult, ResultTable, Row
 from commonspace.bench.robust import RobustnessRows
-from commonspace.bench.runner import BenchContext, BenchSpec, register_spec
+from commonspace.bench.runner import BenchContext, BenchSpec, extend_nested, map_seeds, register_spec
 from commonspace.data import builtin
 from commonspace.data.dataset import MultimodalDataset, Standardizer
 from commonspace.eval.retrieval import retrieval_metrics, similarity
@@ -123,8 +123,6 @@ def _run_setting(s: Setting, ctx: BenchContext, data: MultimodalDataset) -> list
     if ctx.max_iterations is not None:
         iterations = min(iterations, ctx.max_iterations)
     patience = 10 if ctx.quick else 30
-    rows: dict[str, dict[str, list[float]]] = {}
-    cross: dict[str, dict[str, list[float]]] = {}
 
     def add(table: dict, method: str, metrics: dict[str, float]) -> None:
         d = table.setdefault(method, {})
@@ -132,8 +130,12 @@ def _run_setting(s: Setting, ctx: BenchContext, data: MultimodalDataset) -> list
             d.setdefault(k, []).append(v)
 
     test = data.split("test")
-    robust = RobustnessRows(k=10)
-    for seed in ctx.seeds:
+
+    def one_seed(seed: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]],
+                                      RobustnessRows]:
+        rows: dict[str, dict[str, list[float]]] = {}
+        cross: dict[str, dict[str, list[float]]] = {}
+        robust = RobustnessRows(k=10)
         ctx.console.print(f"[dim]{s.key}: seed {seed}[/dim]")
         dm = data.drop_modalities(MISSING_FRACTION, split="test", seed=seed)
         dm = dm.drop_modalities(MISSING_FRACTION, split="val", seed=seed + 1000)
@@ -210,6 +212,15 @@ def _run_setting(s: Setting, ctx: BenchContext, data: MultimodalDataset) -> list
                 qe, de = e[f"{q}->{d}"] if f"{q}->{d}" in e else (e[q], e[d])
                 res[f"{q}->{d}"] = float(retrieval_metrics(qe, de, yfull, yfull, ks=(10,))["map"])
             add(cross, label, res)
+        return rows, cross, robust
+
+    rows: dict[str, dict[str, list[float]]] = {}
+    cross: dict[str, dict[str, list[float]]] = {}
+    robust = RobustnessRows(k=10)
+    for part in map_seeds(ctx, one_seed):
+        extend_nested(rows, part[0])
+        extend_nested(cross, part[1])
+        robust.merge(part[2])
 
     t3 = ResultTable(
         f"{s.key}: P@10 (%) over {len(ctx.seeds)} seeds, A = {a}, B = {b} (paper: A = transcripts, "

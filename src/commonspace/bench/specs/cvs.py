@@ -32,7 +32,7 @@ from torch import Tensor
 
 from commonspace.bench.report import BenchResult, ResultTable, Row
 from commonspace.bench.robust import RobustnessRows
-from commonspace.bench.runner import BenchContext, BenchSpec, register_spec
+from commonspace.bench.runner import BenchContext, BenchSpec, extend_nested, map_seeds, register_spec
 from commonspace.data import builtin
 from commonspace.data.dataset import DataError, MultimodalDataset, Standardizer
 from commonspace.data.io import atomic_write
@@ -237,6 +237,10 @@ class Acc:
     def add(self, row: str, col: str, value: float) -> None:
         self.v.setdefault(row, {}).setdefault(col, []).append(float(value))
 
+    def merge(self, other: Acc) -> None:
+        """Append another seed's values (``map_seeds`` results, in seed order)."""
+        extend_nested(self.v, other.v)
+
 
 def _avg(res: dict[str, dict[str, float]], key: str) -> float:
     return float(np.mean([r[key] for r in res.values()]))
@@ -256,20 +260,20 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
     test = data.split("test")
     yt = data.labels[test]
     hp = s.hparams()
-    summary, pairs = Acc(), Acc()
     mods = list(MFEAT_VIEWS)
-    robust = RobustnessRows(k=50)
 
-    def record(label: str, model: MultimodalModel, encode: Callable, per_pair: str | None) -> None:
-        res = pair_metrics(encode(model, data, test), yt, list(model.modalities))
-        summary.add(label, "mAP@50", _avg(res, "mAP@50"))
-        summary.add(label, "MAP", _avg(res, "MAP"))
-        if per_pair is not None:
-            for k, r in res.items():
-                pairs.add(k, per_pair, r["mAP@50"])
-            pairs.add("average", per_pair, _avg(res, "mAP@50"))
+    def one_seed(seed: int) -> tuple[Acc, Acc, RobustnessRows]:
+        summary, pairs, robust = Acc(), Acc(), RobustnessRows(k=50)
 
-    for seed in ctx.seeds:
+        def record(label: str, model: MultimodalModel, encode: Callable, per_pair: str | None) -> None:
+            res = pair_metrics(encode(model, data, test), yt, list(model.modalities))
+            summary.add(label, "mAP@50", _avg(res, "mAP@50"))
+            summary.add(label, "MAP", _avg(res, "MAP"))
+            if per_pair is not None:
+                for k, r in res.items():
+                    pairs.add(k, per_pair, r["mAP@50"])
+                pairs.add("average", per_pair, _avg(res, "mAP@50"))
+
         ctx.console.print(f"[dim]mfeat 5 views: seed {seed}[/dim]")
         for att, label in ((False, "CVS (no attention)"), (True, "CVS + attention")):
             seed_everything(seed)
@@ -314,6 +318,13 @@ def run_five(ctx: BenchContext, s: Settings, data: MultimodalDataset) -> list[Re
             record(f"RVS (ref {ref}), strict", f.strict, encode_strict, f"RVS {ref} strict")
             record(f"RVS (ref {ref}), paired", f.paired or f.strict, encode_paired, f"RVS {ref} paired")
             robust_add(robust, data, f"RVS (ref {ref})", f.paired or f.strict, seed)
+        return summary, pairs, robust
+
+    summary, pairs, robust = Acc(), Acc(), RobustnessRows(k=50)
+    for part in map_seeds(ctx, one_seed):
+        summary.merge(part[0])
+        pairs.merge(part[1])
+        robust.merge(part[2])
 
     def paper(label: str) -> dict[str, str]:
         key = label
@@ -376,13 +387,13 @@ def run_pair(ctx: BenchContext, s: Settings, key: str, data: MultimodalDataset) 
     test = data.split("test")
     yt = data.labels[test]
     hp = s.hparams()
-    t6 = Acc()
-    full: dict[str, dict[str, list[float]]] = {}
-    stagewise: dict[int, Acc] = {k: Acc() for k in s.class_group_sizes}
     qd, dq = f"{q}->{d}", f"{d}->{q}"
-    robust = RobustnessRows(k=50)
 
-    for seed in ctx.seeds:
+    def one_seed(seed: int) -> tuple[Acc, dict[str, dict[str, list[float]]], dict[int, Acc], RobustnessRows]:
+        t6 = Acc()
+        full: dict[str, dict[str, list[float]]] = {}
+        stagewise: dict[int, Acc] = {k: Acc() for k in s.class_group_sizes}
+        robust = RobustnessRows(k=50)
         ctx.console.print(f"[dim]{key} {q}/{d}: seed {seed}[/dim]")
         cvs_att = None
         for att, label in ((False, "CVS baseline (no attention)"), (True, "CVS + aligned attention")):
@@ -414,6 +425,18 @@ def run_pair(ctx: BenchContext, s: Settings, key: str, data: MultimodalDataset) 
         assert cvs_att is not None
         for gsize in s.class_group_sizes:
             _stagewise(ctx, s, data, seed, gsize, n_cls, stagewise[gsize], cvs_att, q, d)
+        return t6, full, stagewise, robust
+
+    t6 = Acc()
+    full: dict[str, dict[str, list[float]]] = {}
+    stagewise: dict[int, Acc] = {k: Acc() for k in s.class_group_sizes}
+    robust = RobustnessRows(k=50)
+    for part in map_seeds(ctx, one_seed):
+        t6.merge(part[0])
+        extend_nested(full, part[1])
+        for k, acc in part[2].items():
+            stagewise[k].merge(acc)
+        robust.merge(part[3])
 
     cols6 = [f"{qd} mAP@50", f"{dq} mAP@50", "avg mAP@50", f"{qd} MAP", f"{dq} MAP"]
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from commonspace.bench.report import BenchResult, ResultTable, Row
 from commonspace.bench.robust import RobustnessRows
-from commonspace.bench.runner import BenchContext, BenchSpec, register_spec
+from commonspace.bench.runner import BenchContext, BenchSpec, extend_nested, map_seeds, register_spec
 from commonspace.data import builtin
 from commonspace.data.builtin.noisy_digits import PAPER_TEST
 from commonspace.data.dataset import Batch, MultimodalDataset, Standardizer
@@ -304,15 +305,16 @@ def _run_dataset(data: MultimodalDataset, ctx: BenchContext, plan: Plan) -> list
     subsets = {"accuracy image noise": noise_te["image"], "accuracy speech noise": noise_te["speech"]}
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
 
-    imp_test: dict[float, dict[str, list[dict]]] = {r: {m: [] for m in MODS} for r in plan.rhos}
-    best_rows: dict[str, dict[str, list[float]]] = {}
-    retrieval: dict[str, dict[str, dict[str, list[float]]]] = {db: {} for db in dbs}
-    classification: dict[str, dict[str, list[float]]] = {}
-    seconds: dict[str, dict[str, list[float]]] = {}
-    tsne_path = None
-    robust = RobustnessRows(k=10)
+    def fresh() -> dict[str, Any]:
+        """One seed's accumulators (merged in seed order below)."""
+        return {"imp_test": {r: {m: [] for m in MODS} for r in plan.rhos}, "best_rows": {},
+                "retrieval": {db: {} for db in dbs}, "classification": {}, "seconds": {},
+                "robust": RobustnessRows(k=10), "tsne_path": None}
 
-    for seed in plan.seeds:
+    def one_seed(seed: int) -> dict[str, Any]:
+        acc = fresh()
+        imp_test, best_rows, retrieval = acc["imp_test"], acc["best_rows"], acc["retrieval"]
+        classification, seconds, robust = acc["classification"], acc["seconds"], acc["robust"]
         ctx.console.print(f"[dim]ima {key}: seed {seed}[/dim]")
         models: dict[tuple[str, int], MultimodalModel] = {}
         chosen: dict[str, float] = {}
@@ -375,8 +377,8 @@ def _run_dataset(data: MultimodalDataset, ctx: BenchContext, plan: Plan) -> list
 
             if seed == plan.seeds[0] and latent == 50:
                 pool = np.sort(torch.cat([tr, va, te]).numpy())  # not test_paper: it repeats test items
-                tsne_path = _tsne_png(final, data, plan.tsne_points, seed, ctx.out_dir / f"ima_{key}_tsne.png",
-                                      plan.tsne_iter, pool)
+                acc["tsne_path"] = _tsne_png(final, data, plan.tsne_points, seed,
+                                             ctx.out_dir / f"ima_{key}_tsne.png", plan.tsne_iter, pool)
 
             reps = {"IMA weighted": _embed_all(final, data, final.embed),
                     "IMA unweighted": _embed_all(final, data, final.embed_unweighted)}
@@ -416,6 +418,17 @@ def _run_dataset(data: MultimodalDataset, ctx: BenchContext, plan: Plan) -> list
                     for db, (rows, noisy) in dbs.items():
                         _add(retrieval[db], row, _retrieval(e[rows], data.labels[rows], noisy), suffix)
                     _add(classification, row, _classification(e, data, seed, plan, subsets), suffix)
+        return acc
+
+    total = fresh()
+    for part in map_seeds(ctx, one_seed, plan.seeds):
+        for name in ("imp_test", "best_rows", "retrieval", "classification", "seconds"):
+            extend_nested(total[name], part[name])
+        total["robust"].merge(part["robust"])
+        total["tsne_path"] = total["tsne_path"] or part["tsne_path"]
+    imp_test, best_rows, retrieval = total["imp_test"], total["best_rows"], total["retrieval"]
+    classification, seconds, robust, tsne_path = (total["classification"], total["seconds"], total["robust"],
+                                                  total["tsne_path"])
 
     # ------------------------------------------------------------- tables
     curves = {}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from commonspace.bench.report import BenchResult, ResultTable, Row
-from commonspace.bench.runner import BenchContext, BenchSpec, register_spec
+from commonspace.bench.runner import BenchContext, BenchSpec, extend_nested, map_seeds, register_spec
 from commonspace.data import builtin
 from commonspace.data.dataset import MultimodalDataset, Standardizer
 from commonspace.eval.probe import logistic_probe_many
@@ -160,8 +160,8 @@ def _run_experiment(ex: Experiment, ctx: BenchContext, data: MultimodalDataset) 
     if ctx.max_iterations is not None:
         epochs = max(1, min(epochs, ctx.max_iterations))
     hp = dict(ex.hparams, **(ex.quick_hparams if ctx.quick else {}))
-    rows: dict[str, dict[str, list[float]]] = {}
-    for seed in ctx.seeds:
+    def one_seed(seed: int) -> dict[str, dict[str, list[float]]]:
+        rows: dict[str, dict[str, list[float]]] = {}
         for meth in ex.methods:
             ctx.console.print(f"[dim]{ex.key}: seed {seed}, {meth.label}[/dim]")
             model = create(ex.model, data.dims, init_seed=seed, sim=meth.sim, **{**hp, **meth.hparams})
@@ -172,6 +172,11 @@ def _run_experiment(ex: Experiment, ctx: BenchContext, data: MultimodalDataset) 
             d = rows.setdefault(meth.label, {})
             for c, v in _probe(model, data, ex, seed, own=not ctx.quick).items():
                 d.setdefault(c, []).append(v)
+        return rows
+
+    rows: dict[str, dict[str, list[float]]] = {}
+    for part in map_seeds(ctx, one_seed):
+        extend_nested(rows, part)
     paper_cols = {c: i for i, c in enumerate(ex.columns)}
     keys = {m.label: m.paper_key for m in ex.methods}
 
