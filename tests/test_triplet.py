@@ -116,3 +116,21 @@ def test_mining_matches_the_definition_on_random_batches(seed: int) -> None:
     ref_idx, ref_semi = _brute_force(d, d, neg, 1.0)
     assert torch.equal(semi, ref_semi)
     assert torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_mining_equals_the_torch_path_at_size(dtype: torch.dtype) -> None:
+    """Issue 16: the CPU kernel chooses what torch's sort + searchsorted choose: ties, masked rows, an anchor
+    without negatives, and pairs exactly at the band's edges included."""
+    from commonspace.losses.triplet import _semihard_torch
+
+    g = torch.Generator().manual_seed(3)
+    d = ((torch.rand(300, 280, generator=g) * 4 * 16).round() / 16).to(dtype)  # many exact ties
+    d_ap = ((torch.rand(300, 250, generator=g) * 4 * 16).round() / 16).to(dtype)
+    neg = torch.rand(300, 280, generator=g) < 0.8
+    neg[5] = False
+    for margin in (0.25, 1.0, 0.1):
+        idx, semi = semihard_negatives(d_ap, d, neg, margin)
+        ref_idx, ref_semi = _semihard_torch(d_ap, d, neg, margin)
+        assert torch.equal(semi, ref_semi) and torch.equal(idx, ref_idx)
+    assert semi.any() and not semi.all()
