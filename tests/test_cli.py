@@ -153,3 +153,9 @@ def test_train_warns_in_one_line_when_the_kernel_network_cannot_act(tmp_path: Pa
     lines = [ln for ln in res.output.splitlines() if "kernel network cannot act" in ln]
     assert len(lines) == 1 and lines[0].startswith("warning:") and "use_kn=False" in lines[0]
     assert "Traceback" not in res.output and "hashing.py" not in res.output
+
+
+def test_bench_jobs_with_more_threads_is_one_line_exit_2(tmp_path) -> None:
+    r = runner.invoke(app, ["bench", "bidnn", "--quick", "--jobs", "2", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "add --threads 1" in r.output and "Traceback" not in r.output
+    assert not any(tmp_path.iterdir())  # refused before anything ran

@@ -35,7 +35,7 @@ class BenchContext:
     max_iterations: int | None = None  # cap on training iterations (smoke tests)
     threads: int | None = None  # torch intra-op threads while the spec runs; None = the spec's own choice
     resume: bool = False  # reuse the runs an interrupted bench recorded in out_dir (specs that record runs)
-    #: seeds run at once in worker processes (``map_seeds``); None = the machine's cores / the threads per job
+    #: seeds run at once in worker processes (``map_seeds``); None = one per core for one-thread specs, else 1
     jobs: int | None = None
 
     def wants(self, dataset: str) -> bool:
