@@ -210,8 +210,7 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
     m, d = sc.shape
     nb = max(1, min(d // _ITEMS_PER_BUCKET, _MAX_BUCKETS))
     bk = np.empty(d, np.uint16)
-    hist = np.empty(nb + 1, np.int32)  # items per bucket
-    cnt = np.empty(nb + 1, np.int32)  # the rank of each bucket's first item
+    cnt = np.empty(nb + 1, np.int32)  # items per bucket, then the rank of each bucket's first item
     nrel = np.empty(nb + 1, np.int32)  # relevant items per bucket (when counted), the excluded item's last
     fill = np.empty(nb + 1, np.int32)  # bucket nb holds the excluded item, after every ranked one
     inc = np.empty(nb + 1, np.int32)  # 1 for a mixed bucket, whose keys are written out; 0 sends them to the trash
@@ -246,18 +245,18 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
                 bk[j] = np.int64(min(max((hi - np.float64(s[j])) * scale, 0.0), top))
         else:
             bk[:] = 0
-        hist[:] = 0
+        cnt[:] = 0
         for j in range(d):
-            hist[bk[j]] += 1
+            cnt[bk[j]] += 1
         n_db = d
         if e >= 0:
-            hist[bk[e]] -= 1
+            cnt[bk[e]] -= 1
             bk[e] = nb
             n_db -= 1
         tot = 0
         crowded = 0
         for b in range(nb):
-            c = hist[b]
+            c = cnt[b]
             cnt[b] = tot
             fill[b] = tot
             tot += c
@@ -279,7 +278,7 @@ def rank_metrics(sc, rel, qcode, dcode, ex, ks, map_at, min_norm, r_out, ap_out,
                 for j in range(d):
                     nrel[bk[j]] += r[j]
             for b in range(nb):
-                mixed = 0 < nrel[b] < hist[b]
+                mixed = 0 < nrel[b] < cnt[b + 1] - cnt[b]
                 inc[b] = mixed
                 if not mixed:
                     fill[b] = d
