@@ -29,7 +29,7 @@ from commonspace.train.config import RUNTIME_FIELDS, TrainConfig
 from commonspace.train.distributed import DistInfo, barrier, init_distributed, shard
 from commonspace.train.lock import RunLock
 from commonspace.train.logging import Progress, RunLogger, log, require_tensorboard
-from commonspace.train.optim import make_adam
+from commonspace.train.optim import make_adam, make_sgd
 from commonspace.train.seed import get_rng_state, seed_everything, set_rng_state, shuffle_generator
 
 __all__ = ["Trainer", "ValMetric", "Callback"]
@@ -323,8 +323,8 @@ class Trainer:
     def _make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         cfg = self.config
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                   weight_decay=cfg.weight_decay)
+            return make_sgd(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                            weight_decay=cfg.weight_decay)
         return make_adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
     def _wrap(self) -> nn.Module:
