@@ -101,3 +101,85 @@ def test_tied_transposed_equals_linear_of_the_transpose():
     # batched input (more than one leading dimension) takes the matmul path
     y3 = torch.randn(2, 5, 4)
     torch.testing.assert_close(lin.transposed(y3), F.linear(y3, lin.weight.t(), lin.bias_t))
+
+
+# ------------------------------------------------------------------------------- compile=True
+def _tiny_fit(monkeypatch, fake_compile, caplog):
+    from commonspace import MultimodalDataset, create
+    from commonspace.train import TrainConfig, Trainer
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    g = torch.Generator().manual_seed(0)
+    data = MultimodalDataset({"a": torch.randn(40, 5, generator=g), "b": torch.randn(40, 3, generator=g)},
+                             splits={"train": torch.arange(40)})
+    model = create("bidnn", {"a": 5, "b": 3}, hidden=6, central=4)
+    cfg = TrainConfig.for_model(model, epochs=2, batch_size=16, progress=False, compile=True)
+    with caplog.at_level("WARNING", logger="commonspace.train"):
+        return Trainer(model, cfg).fit(data, train="train", val=None)
+
+
+def test_compile_falls_back_to_eager_when_the_compiler_fails(monkeypatch, caplog):
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    calls = []
+
+    def fake_compile(module):
+        def compiled(batch):
+            calls.append(1)
+            raise InvalidCxxCompiler()
+        return compiled
+
+    hist = _tiny_fit(monkeypatch, fake_compile, caplog)
+    assert len(hist) == 2 and all(torch.isfinite(torch.tensor(h["train"]["total"])) for h in hist)
+    assert len(calls) == 1  # tried once, then eager for the rest of the run
+    assert sum("torch.compile failed (InvalidCxxCompiler" in r.message for r in caplog.records) == 1
+
+
+def test_compile_passes_the_models_own_errors_through(monkeypatch, caplog):
+    def fake_compile(module):
+        def compiled(batch):
+            raise KeyError("an error of the model's code")
+        return compiled
+
+    with pytest.raises(KeyError, match="model's code"):
+        _tiny_fit(monkeypatch, fake_compile, caplog)
+
+
+def test_compile_runs_the_compiled_function(monkeypatch, caplog):
+    seen = []
+
+    def fake_compile(module):
+        def compiled(batch):
+            seen.append(len(batch))
+            return module(batch)
+        return compiled
+
+    _tiny_fit(monkeypatch, fake_compile, caplog)
+    assert seen == [16, 16, 8] * 2 and not caplog.records
+
+
+def test_cli_train_compile_flag(tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from commonspace.cli import app
+
+    seen = []
+
+    def fake_compile(module):
+        def compiled(batch):
+            seen.append(len(batch))
+            return module(batch)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_a=rng.normal(size=(60, 5)), x_b=rng.normal(size=(60, 3)),
+             labels=rng.integers(0, 3, 60), modalities=np.array(["a", "b"]))
+    res = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "d.npz"), "--model", "bidnn", "--out",
+                                   str(tmp_path / "run"), "--epochs", "1", "--no-progress", "--compile"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "run/model/config.json").read_text())["meta"]
+    assert seen and meta["train_config"]["compile"] is True

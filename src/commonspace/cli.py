@@ -193,6 +193,8 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from --out/checkpoint if present")] = True,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     data_root: Annotated[Path | None, typer.Option(help="folder holding external datasets")] = None,
+    compile_: Annotated[bool, typer.Option("--compile/--no-compile", help="train through torch.compile "
+                                           "(eager if it cannot compile); pays off on long runs only")] = False,
 ) -> None:
     """Train a model on a dataset and save it (safetensors + JSON) under --out/model."""
     from commonspace.data.dataset import Standardizer
@@ -212,6 +214,8 @@ def train(
             ds = std.transform(ds)
         overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
                                        "patience": patience}.items() if v is not None}
+        if compile_:
+            overrides["compile"] = True
         cfg = TrainConfig.for_model(m, seed=seed, out_dir=out_dir, progress=progress, **overrides)
 
         def say_notes() -> None:  # once the data, settings and any checkpoint are accepted: a refusal is one line

@@ -11,8 +11,8 @@ __all__ = ["TrainConfig"]
 
 _OPTIMIZERS = ("adam", "sgd")
 _MONITORS = ("val_loss", "val_metric", "train_loss")
-#: fields that change where/how a run is reported but not what it computes; resume ignores them
-RUNTIME_FIELDS = frozenset({"out_dir", "progress", "tensorboard", "device", "checkpoint_every"})
+#: fields that change where or how a run is reported or run, not what it computes; resume ignores them
+RUNTIME_FIELDS = frozenset({"out_dir", "progress", "tensorboard", "device", "checkpoint_every", "compile"})
 
 
 @dataclass
@@ -42,6 +42,8 @@ class TrainConfig:
     device: str = "cpu"
     max_steps_per_epoch: int | None = None
     grad_clip: float | None = None
+    #: the training loss through torch.compile, eager where it cannot compile (commonspace.train.compile)
+    compile: bool = False
     #: DDP must be told when a stage's loss leaves some trainable parameters without gradient
     ddp_find_unused_parameters: bool = True
 

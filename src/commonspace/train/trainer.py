@@ -25,6 +25,7 @@ from commonspace.train.checkpoint import (
     save_training_checkpoint,
     state_for_saving,
 )
+from commonspace.train.compile import CompiledLoss
 from commonspace.train.config import RUNTIME_FIELDS, TrainConfig
 from commonspace.train.distributed import DistInfo, barrier, init_distributed, shard
 from commonspace.train.lock import RunLock
@@ -338,7 +339,7 @@ class Trainer:
                                        find_unused_parameters=self.config.ddp_find_unused_parameters)
 
     @staticmethod
-    def _loss(module: nn.Module, batch: Any) -> dict[str, Tensor]:
+    def _loss(module: nn.Module | CompiledLoss, batch: Any) -> dict[str, Tensor]:
         out = module(batch)  # forward == loss, so DDP sees the call
         if not isinstance(out, dict) or "total" not in out:
             raise TypeError("model.loss(batch) must return a dict of tensors with a 'total' entry")
@@ -370,6 +371,8 @@ class Trainer:
         if opt_state is not None and state.get("optimizer_stage") == si and int(state["epoch"]) > 0:
             self._restore_optimizers(opt_state)
         wrapped = self._wrap()
+        if cfg.compile:
+            wrapped = CompiledLoss(wrapped)
         steps = math.ceil(train_idx.numel() / cfg.batch_size)
         if cfg.max_steps_per_epoch is not None:
             steps = min(steps, cfg.max_steps_per_epoch)
@@ -458,7 +461,7 @@ class Trainer:
                      self.monitor, state["best"])
         state.update(stage_index=si + 1, epoch=0, best=None, best_epoch=None, bad_epochs=0, optimizer_stage=None)
 
-    def _train_epoch(self, wrapped: nn.Module, params: list[nn.Parameter], substeps: tuple[str, ...],
+    def _train_epoch(self, wrapped: nn.Module | CompiledLoss, params: list[nn.Parameter], substeps: tuple[str, ...],
                      data: MultimodalDataset, train_idx: Tensor, si: int, ep: int,
                      bar: Progress) -> tuple[dict[str, float], int, float]:
         cfg, model = self.config, self.model
