@@ -1,7 +1,7 @@
 """Training throughput per multiply-add, ours beside the fastest peer (mvlearn SplitAE), in one run (issue 16).
 
     .venv/bin/python benchmarks/bench_vs_peers.py --peer-python $PEERS_VENV/bin/python \\
-        [--models bidnn,ae_split,ae_concat] [--datasets wikipedia,mfeat] [--repeats 3]
+        [--models bidnn,ae_split,ae_concat] [--datasets wikipedia,mfeat] [--repeats 3] [--before-src DIR]
 
 The peers' workload (``../shared/tools/peer_bench.py``): the training split of each dataset (Wikipedia 2173
 samples of image 128 + text 10, mfeat 1600 of pix 240 + fou 76), 100 epochs of batch 128, two torch threads,
@@ -11,7 +11,9 @@ width 256. Every measurement is one fresh process, ours and the peer's alternati
   per direction, each direction its own model);
 * **ours**: the model at width 256 (``hidden=256, central=256``), synthetic data of the same size and dimensions
   (the speed does not depend on the values), samples/s = n x epochs / the wall time of ``Trainer.fit``
-  (optimizer construction included, as the peer's ``fit`` includes its own).
+  (optimizer construction included, as the peer's ``fit`` includes its own);
+* **before** (with ``--before-src``, e.g. the ``src`` of a ``git worktree`` at an older commit): ours again, that
+  code on ``PYTHONPATH``, in the same rounds.
 
 **MACs / sample** are the forward multiply-adds of one sample: ours counted from the products
 ``torch.profiler`` records in one forward of the training loss, mvlearn SplitAE's from its layers (encoder
@@ -91,6 +93,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--before-src", help="src folder of an older checkout, measured in the same rounds")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -99,7 +102,11 @@ def main() -> None:
     if not args.peer_python:
         ap.error("--peer-python is required (the peers' venv, see ../shared/tools/README.md)")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    models, datasets = args.models.split(","), args.datasets.split(",")
+    versions = {"": env}
+    if args.before_src:
+        versions[" (before)"] = dict(env, PYTHONPATH=str(Path(args.before_src).resolve()))
+    datasets = args.datasets.split(",")
+    models = [m + v for m in args.models.split(",") for v in versions]
     ours: dict[tuple[str, str], list[dict[str, float]]] = {}
     peer: dict[str, list[float]] = {}
     for r in range(args.repeats):
@@ -107,9 +114,10 @@ def main() -> None:
             peer.setdefault(ds, []).append(statistics.median(_peer(args.peer_python, Path(args.peer_bench), ds,
                                                                    args.epochs)))
             for m in models:
-                res = subprocess.run([sys.executable, __file__, "--one", m, ds, "--epochs", str(args.epochs),
+                name, version = m.split(" ")[0], m[len(m.split(" ")[0]):]
+                res = subprocess.run([sys.executable, __file__, "--one", name, ds, "--epochs", str(args.epochs),
                                       "--threads", str(args.threads)], check=True, capture_output=True, text=True,
-                                     env=env)
+                                     env=versions[version])
                 ours.setdefault((m, ds), []).append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1}/{args.repeats} {ds}: peer {peer[ds][-1] / 1e3:.1f}k, " +
                   ", ".join(f"{m} {ours[(m, ds)][-1]['samples_per_s'] / 1e3:.1f}k" for m in models),

@@ -145,16 +145,19 @@ def test_compile_passes_the_models_own_errors_through(monkeypatch, caplog):
         _tiny_fit(monkeypatch, fake_compile, caplog)
 
 
-def test_compile_runs_the_compiled_function(monkeypatch, caplog):
-    seen = []
-
+def _recording_compile(seen: list[int]):
+    """A stand-in for torch.compile that runs the module eagerly and records each batch size it is called with."""
     def fake_compile(module):
         def compiled(batch):
             seen.append(len(batch))
             return module(batch)
         return compiled
+    return fake_compile
 
-    _tiny_fit(monkeypatch, fake_compile, caplog)
+
+def test_compile_runs_the_compiled_function(monkeypatch, caplog):
+    seen: list[int] = []
+    _tiny_fit(monkeypatch, _recording_compile(seen), caplog)
     assert seen == [16, 16, 8] * 2 and not caplog.records
 
 
@@ -166,15 +169,8 @@ def test_cli_train_compile_flag(tmp_path, monkeypatch):
 
     from commonspace.cli import app
 
-    seen = []
-
-    def fake_compile(module):
-        def compiled(batch):
-            seen.append(len(batch))
-            return module(batch)
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", fake_compile)
+    seen: list[int] = []
+    monkeypatch.setattr(torch, "compile", _recording_compile(seen))
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x_a=rng.normal(size=(60, 5)), x_b=rng.normal(size=(60, 3)),
              labels=rng.integers(0, 3, 60), modalities=np.array(["a", "b"]))
