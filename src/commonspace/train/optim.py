@@ -6,10 +6,11 @@ Two things on top of ``torch.optim``, neither changing an update:
   (5x faster steps on CPU for a 60 x (512 x 512) model); SGD takes the foreach path, which is bit-identical to
   the per-parameter loop (the fused SGD kernel is not: it rounds differently) and 1.4x faster;
 * **no compiler import**: ``torch.optim`` wraps ``add_param_group``, ``zero_grad``, ``step`` and the state-dict
-  methods in guards that import ``torch._dynamo`` on first use, about 1 s of a process's first ``fit``, only
-  to keep a compiler we do not run away from them. The optimisers here call the undecorated methods (what the
-  guards wrap, ``__wrapped__``) in eager mode, and the guarded ones when ``torch.compile`` is tracing or a
-  future torch no longer exposes them.
+  methods in guards that import ``torch._dynamo`` on first use (1-2 s of a process's first ``fit``, measured in
+  docs/benchmarks.md), whose only job is to keep ``torch.compile`` out of those methods. The optimisers here
+  call the undecorated methods (what the guards wrap, found through ``__wrapped__``) in eager mode, and the
+  guarded ones while ``torch.compile`` traces; where a future torch exposes no ``__wrapped__``, the guarded
+  ones are called and only the start-up saving is lost.
 """
 
 from __future__ import annotations
