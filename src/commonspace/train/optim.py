@@ -15,6 +15,7 @@ Two things on top of ``torch.optim``, neither changing an update:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,10 +27,11 @@ from torch.optim import Optimizer
 __all__ = ["LeanAdam", "LeanSGD", "make_adam", "make_sgd"]
 
 
-def _plain(method: Callable[..., Any]) -> Callable[..., Any]:
-    """The innermost function under torch.optim's guards (and the profiler hook constructing any optimizer puts
-    around its class's ``step``), or the method itself if it wraps none."""
-    return inspect.unwrap(method)
+@functools.cache
+def _plain(base: type[Optimizer], name: str) -> Callable[..., Any]:
+    """``base.name`` without torch.optim's guards (and the profiler hook constructing any optimizer puts around
+    its class's ``step``), or the method itself if it wraps none; looked up once per method, not every step."""
+    return inspect.unwrap(getattr(base, name))
 
 
 class _Lean:
@@ -38,8 +40,7 @@ class _Lean:
     _base: type[Optimizer]
 
     def _call(self, name: str, *args: Any) -> Any:
-        guarded = getattr(self._base, name)
-        fn = guarded if torch.compiler.is_compiling() else _plain(guarded)
+        fn = getattr(self._base, name) if torch.compiler.is_compiling() else _plain(self._base, name)
         return fn(self, *args)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -59,7 +60,7 @@ class _Lean:
             return self._base.step(self, closure)
         # the guard's other job: optimizer steps never record autograd history
         with torch.no_grad():
-            return _plain(self._base.step)(self, closure)
+            return _plain(self._base, "step")(self, closure)
 
 
 class LeanSGD(_Lean, torch.optim.SGD):
