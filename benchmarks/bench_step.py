@@ -21,6 +21,7 @@ dimensions (speed does not depend on the values). Run it alone on the machine an
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -79,18 +80,22 @@ def _mm_shapes(name: str, dims: dict[str, int], batch: int) -> list[list[tuple[s
     return steps[:-1]
 
 
+def product_macs(op: str, shapes: list[list[int]]) -> int:
+    """Multiply-adds of one recorded product (``op`` one of MATMULS, ``shapes`` its input shapes)."""
+    if op in ("aten::mm", "aten::bmm"):
+        a, b = shapes[0], shapes[1]
+    elif op in ("aten::addmm", "aten::baddbmm"):
+        a, b = shapes[1], shapes[2]
+    else:  # addmv (bias, matrix, vector) or mv (matrix, vector)
+        return math.prod(shapes[1] if op == "aten::addmv" else shapes[0])
+    return math.prod(a) * b[-1]
+
+
 def _operands(op: str, shapes: list[list[int]], g: torch.Generator) -> tuple[list[torch.Tensor], int]:
     """Random contiguous operands for one product, and its multiply-adds."""
     t = [torch.randn(s, generator=g) if s else torch.tensor(0.0) for s in shapes]
-    if op in ("aten::mm", "aten::bmm"):
-        a, b = t[0], t[1]
-        return [a, b], a.numel() * b.shape[-1]
-    if op in ("aten::addmm", "aten::baddbmm"):
-        a, b = t[1], t[2]
-        return [t[0], a, b], a.numel() * b.shape[-1]
-    if op == "aten::addmv":
-        return [t[0], t[1], t[2]], t[1].numel()
-    return [t[0], t[1]], t[0].numel()  # mv
+    n = 2 if op in ("aten::mm", "aten::bmm", "aten::mv") else 3  # addmm / baddbmm / addmv: bias first
+    return t[:n], product_macs(op, shapes)
 
 
 _CALL = {"aten::mm": torch.mm, "aten::bmm": torch.bmm, "aten::addmm": torch.addmm, "aten::baddbmm": torch.baddbmm,

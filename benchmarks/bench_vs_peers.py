@@ -33,9 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_step import MATMULS, product_macs  # this folder is on sys.path when a script in it runs
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"wikipedia": ({"image": 128, "text": 10}, 2173, 10), "mfeat": ({"pix": 240, "fou": 76}, 1600, 32)}
-MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
 def splitae_macs(d1: int, d2: int, d: int, width: int = 256) -> int:
@@ -66,11 +67,7 @@ def _ours(name: str, dataset: str, epochs: int, threads: int) -> dict[str, float
     batch = data.batch(torch.arange(128))
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         model.loss(batch)
-    macs = 0
-    for e in prof.events():
-        if e.name in MATMULS:
-            a, b = e.input_shapes[1:3] if e.name in ("aten::addmm", "aten::baddbmm") else e.input_shapes[:2]
-            macs += int(torch.tensor(a).prod()) * b[-1]
+    macs = sum(product_macs(e.name, [list(x) for x in e.input_shapes]) for e in prof.events() if e.name in MATMULS)
     return {"samples_per_s": n * epochs / wall, "macs": macs / 128}
 
 
@@ -106,19 +103,19 @@ def main() -> None:
     if args.before_src:
         versions[" (before)"] = dict(env, PYTHONPATH=str(Path(args.before_src).resolve()))
     datasets = args.datasets.split(",")
-    models = [m + v for m in args.models.split(",") for v in versions]
+    runs = [(name, suffix) for name in args.models.split(",") for suffix in versions]
+    models = [name + suffix for name, suffix in runs]
     ours: dict[tuple[str, str], list[dict[str, float]]] = {}
     peer: dict[str, list[float]] = {}
     for r in range(args.repeats):
         for ds in datasets:
             peer.setdefault(ds, []).append(statistics.median(_peer(args.peer_python, Path(args.peer_bench), ds,
                                                                    args.epochs)))
-            for m in models:
-                name, version = m.split(" ")[0], m[len(m.split(" ")[0]):]
+            for name, suffix in runs:
                 res = subprocess.run([sys.executable, __file__, "--one", name, ds, "--epochs", str(args.epochs),
                                       "--threads", str(args.threads)], check=True, capture_output=True, text=True,
-                                     env=versions[version])
-                ours.setdefault((m, ds), []).append(json.loads(res.stdout.strip().splitlines()[-1]))
+                                     env=versions[suffix])
+                ours.setdefault((name + suffix, ds), []).append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1}/{args.repeats} {ds}: peer {peer[ds][-1] / 1e3:.1f}k, " +
                   ", ".join(f"{m} {ours[(m, ds)][-1]['samples_per_s'] / 1e3:.1f}k" for m in models),
                   file=sys.stderr, flush=True)
