@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from commonspace.data.dataset import Batch, DataError
 from commonspace.models.base import MultimodalModel, register
+from commonspace.nn.dropout import Dropout
 from commonspace.nn.mlp import ACTIVATIONS, check_prob, flat_dim, glorot_, make_activation, masked_flat
 from commonspace.nn.tied import TiedLinear
 
@@ -95,7 +96,7 @@ class BiDNN(MultimodalModel):
         self.dec2 = glorot_(nn.Linear(h, d1))
         self.f = make_activation(activation)
         self.f_out = make_activation(output_activation)
-        self.drop = nn.Dropout(float(dropout))
+        self.drop = Dropout(float(dropout))
 
     # The tied matrices under the paper's names: one Parameter each, read by both paths.
     @property

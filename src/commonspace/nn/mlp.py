@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from commonspace.data.dataset import DataError
+from commonspace.nn.dropout import Dropout
 
 __all__ = ["ACTIVATIONS", "MLP", "check_prob", "flat_dim", "glorot_", "make_activation", "masked_flat"]
 
@@ -67,7 +68,7 @@ class MLP(nn.Sequential):
             last = i == len(sizes) - 2
             layers.append(make_activation(output_activation if last else activation))
             if not last and dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
         super().__init__(*layers)
 
 
