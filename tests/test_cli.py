@@ -156,6 +156,6 @@ def test_train_warns_in_one_line_when_the_kernel_network_cannot_act(tmp_path: Pa
 
 
 def test_bench_jobs_with_more_threads_is_one_line_exit_2(tmp_path) -> None:
-    r = runner.invoke(app, ["bench", "bidnn", "--quick", "--jobs", "2", "--out", str(tmp_path)])
+    r = runner.invoke(app, ["bench", "bidnn", "--quick", "--jobs", "2", "--threads", "2", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "add --threads 1" in r.output and "Traceback" not in r.output
     assert not any(tmp_path.iterdir())  # refused before anything ran

@@ -469,12 +469,14 @@ def bench(
     datasets_: Annotated[str | None, typer.Option("--datasets", help="comma-separated dataset keys")] = None,
     progress: Annotated[bool, typer.Option()] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="torch threads (default: the spec's choice, 1 for "
-                                                  "cvs, ima and hashing, whose small layers gain nothing from more)")]
+                                                  "bidnn, cvs, ima and hashing, whose small layers gain nothing "
+                                                  "from more)")]
     = None,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run: reuse the runs it recorded under "
                                               "--out with the same plan (hashing records every run)")] = False,
     jobs: Annotated[int | None, typer.Option(min=1, help="seeds run at once, each in its own process on one "
-                                             "thread (default: one per core for the one-thread specs cvs and ima, "
+                                             "thread (default: one per core for the one-thread specs bidnn, cvs "
+                                             "and ima, "
                                              "else 1); the results do not change")]
     = None,
 ) -> None:

@@ -278,5 +278,7 @@ def run(ctx: BenchContext) -> BenchResult:
     return res
 
 
+# One thread per seed, so the default --jobs runs a seed per core: the same tables as two threads and one seed at
+# a time (compared row for row, full run), 44.5 s against 65.7 s (docs/benchmarks.md, issue 16).
 register_spec(BenchSpec("bidnn", PAPER, "BiDNN Table 3 analog: P@10 of raw, linear combination, AE #1, AE #2, "
-                        "CCA and BiDNN embedded/expanded; cross-modal mAP beside TARGETS.md peers", run))
+                        "CCA and BiDNN embedded/expanded; cross-modal mAP beside TARGETS.md peers", run, threads=1))
