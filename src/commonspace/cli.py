@@ -476,8 +476,7 @@ def bench(
                                               "--out with the same plan (hashing records every run)")] = False,
     jobs: Annotated[int | None, typer.Option(min=1, help="seeds run at once, each in its own process on one "
                                              "thread (default: one per core for the one-thread specs bidnn, cvs "
-                                             "and ima, "
-                                             "else 1); the results do not change")]
+                                             "and ima, else 1); the results do not change")]
     = None,
 ) -> None:
     """Run a paper's protocol and print our numbers beside the paper's."""
