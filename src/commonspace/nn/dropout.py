@@ -3,8 +3,9 @@
 On CPU ``torch.nn.Dropout`` draws its mask with ``bernoulli_``, one double from the generator per element in a
 serial loop: 11-14 ns an element, 344 us for a (128 x 256) activation (docs/benchmarks.md, issue 16). Here a
 mask element is 31 bits of the generator's 64-bit output, compared with ``round(p * 2^31)``: each draw covers
-two elements, 138 us for the same call. The two halves of one ``int64`` from ``random_()`` (63 uniform bits, the
-value modulo 2^63) each keep 31 uniform bits under ``& 0x7FFFFFFF``. The keep probability is
+two elements, 138 us for the same call (forward and backward: 156 against 267 us). The two halves of one
+``int64`` from ``random_()`` (63 uniform bits, the value modulo 2^63) each keep 31 uniform bits under
+``& 0x7FFFFFFF``. The keep probability is
 ``1 - round(p * 2^31) / 2^31``, within 2^-32 of ``1 - p``; kept units are scaled by ``1 / (1 - p)`` as in
 ``nn.Dropout``. The random stream differs from ``nn.Dropout``'s, so a seed gives other masks than torch's.
 Off CPU, ``torch.nn.functional.dropout`` (a fused kernel there) is used unchanged.
