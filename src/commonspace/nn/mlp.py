@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from commonspace.data.dataset import DataError
-from commonspace.nn.dropout import Dropout
+from commonspace.nn.dropout import Dropout, check_prob
 
 __all__ = ["ACTIVATIONS", "MLP", "check_prob", "flat_dim", "glorot_", "make_activation", "masked_flat"]
 
@@ -70,10 +69,3 @@ class MLP(nn.Sequential):
             if not last and dropout > 0:
                 layers.append(Dropout(dropout))
         super().__init__(*layers)
-
-
-def check_prob(name: str, p: float) -> float:
-    """Validate a probability hyper-parameter (dropout rates) and return it as a float."""
-    if not 0.0 <= float(p) <= 1.0:
-        raise DataError(f"{name} must be in [0, 1], got {p}")
-    return float(p)
