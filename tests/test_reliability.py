@@ -29,7 +29,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> list:
 
 
 def test_every_case_exits_as_expected_with_one_line(outcomes: list) -> None:
-    for o in outcomes:
+    for o in (o for o in outcomes if not o.skipped):
         assert o.code == o.case.expect, (o.case.name, o.output)
         assert "Traceback" not in o.output, (o.case.name, o.output)
         if o.case.expect == 2:
@@ -48,5 +48,13 @@ def test_refused_input_leaves_nothing_behind(outcomes: list) -> None:
 
 
 def test_docs_table_is_up_to_date(outcomes: list) -> None:
+    """The whole table; where the root-only (tmpfs) cases cannot run, the rest of it."""
     doc = (ROOT / "docs" / "reliability.md").read_text()
-    assert rel.render(outcomes) == doc, "docs/reliability.md is out of date: run python scripts/reliability.py"
+    assert rel.render(outcomes) == rel.comparable(doc, outcomes), \
+        "docs/reliability.md is out of date: run python scripts/reliability.py (as root)"
+
+
+def test_root_only_cases_run_as_root(outcomes: list) -> None:
+    skipped = [(o.case.name, o.skipped) for o in outcomes if o.skipped]
+    if skipped:
+        pytest.skip(f"{len(skipped)} full/read-only disk cases could not run here: {skipped[0][1]}")

@@ -19,7 +19,7 @@ from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Learn joint representations of multimodal data, search them and benchmark them.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a line naming a path is never broken
 out = Console()
 
 
@@ -52,6 +52,57 @@ def _split_list(s: str | None) -> list[str] | None:
 
 def _model_dir(path: Path) -> Path:
     return path / "model" if (path / "model" / "config.json").exists() else path
+
+
+@contextmanager
+def _new_log_dropped_on_disk_error(out_dir: Path) -> Iterator[None]:
+    """On a full or read-only disk, remove the log.jsonl this run created (a run that wrote nothing else)."""
+    from commonspace.data.io import DiskError
+
+    log = out_dir / "log.jsonl"
+    existed = log.exists()
+    try:
+        yield
+    except DiskError:
+        if not existed and _is_rank0():
+            log.unlink(missing_ok=True)
+        raise
+
+
+def _check_out(path: Path | str, option: str, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work: its parent folder missing, not writable,
+    or (``folder=False``) the path itself an existing folder."""
+    from commonspace.data.io import check_writable
+
+    p = Path(path).expanduser()
+    parent = p.parent
+    if not parent.is_dir():
+        _fail(f"{option} {path}: folder {parent} does not exist; create it first")
+    if not folder and p.is_dir():
+        _fail(f"{option} {path}: is a folder; give a file path")
+    check_writable(p if not p.is_dir() else parent, option)  # read-only, not permitted or full: one line
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        _fail(f"--k must be >= 1, got {k}")
+
+
+def _parse_ids(text: str) -> list[int]:
+    """``--ids 3,17``: stored ids, integers >= 0; an empty list or a non-integer is refused."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        _fail(f"--ids {text!r} names no id; give comma-separated stored ids, e.g. --ids 3,17")
+    ids = []
+    for x in items:
+        try:
+            v = int(x)
+        except ValueError:
+            _fail(f"--ids: {x!r} is not an integer id; give comma-separated stored ids, e.g. --ids 3,17")
+        if not 0 <= v < 2**63:
+            _fail(f"--ids: {x} cannot be a stored id (ids are integers from 0 to 2^63 - 1)")
+        ids.append(v)
+    return ids
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
@@ -197,13 +248,17 @@ def train(
                                            "(eager if it cannot compile); pays off on long runs only")] = False,
 ) -> None:
     """Train a model on a dataset and save it (safetensors + JSON) under --out/model."""
-    from commonspace.data.dataset import Standardizer
+    from commonspace.data.dataset import DataWarning, Standardizer
     from commonspace.models.base import create_for_data
     from commonspace.train import TrainConfig, Trainer
     from commonspace.train.lock import RunLock
 
     # rank 0 holds the folder from the start, so a busy folder is refused before data is read or notes printed
-    with RunLock(out_dir) if _is_rank0() else contextlib.nullcontext():
+    if _is_rank0():  # a read-only or full disk is one line now, not a traceback after the data is read
+        from commonspace.data.io import check_writable
+
+        check_writable(out_dir)
+    with RunLock(out_dir) if _is_rank0() else contextlib.nullcontext(), _new_log_dropped_on_disk_error(out_dir):
         hparams = _parse_sets(set_)
         ds, notes = _read_data(data, _split_list(modalities), data_root, seed)
         with _one_line_warnings(UserWarning):  # e.g. mahash's kernel network on 1 x 1 maps
@@ -218,14 +273,19 @@ def train(
             overrides["compile"] = True
         cfg = TrainConfig.for_model(m, seed=seed, out_dir=out_dir, progress=progress, **overrides)
 
+        trainer = Trainer(m, cfg, standardizer=std)
+
         def say_notes() -> None:  # once the data, settings and any checkpoint are accepted: a refusal is one line
             if _is_rank0():
-                for note in notes:
+                for note in notes + trainer.notes:  # the trainer's: "resumed at epoch N of M"
                     console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
 
         val = "val" if "val" in ds.splits else None
-        history = Trainer(m, cfg, standardizer=std).fit(ds, train="train", val=val, resume=resume,
-                                                        on_ready=say_notes)
+        try:
+            with _one_line_warnings(DataWarning):  # one class only, a checkpoint without a data hash
+                history = trainer.fit(ds, train="train", val=val, resume=resume, on_ready=say_notes)
+        except FloatingPointError as exc:  # a diverged loss: the message names the epoch and --lr
+            _fail(str(exc))
         selection = getattr(m, "selection", None)  # a setting the model chose on the validation split (CCA)
         if selection and _is_rank0():
             console.print(f"[yellow]note:[/yellow] {escape(selection['summary'])}", soft_wrap=True)
@@ -239,15 +299,27 @@ def train(
             console.print(escape(f"saved {out_dir / 'model'} {what}" + ", ".join(shown)), soft_wrap=True)
 
 
-def _load(model_path: Path, data: str, modalities: str | None, data_root: Path | None):
+def _load(model_path: Path, data: str, modalities: str | None, data_root: Path | None, name: bool = False):
+    """The model and the data it reads, checked against each other; ``name``: errors about the model say which
+    ``--model`` (several are given)."""
+    from commonspace.data.dataset import DataError
     from commonspace.train.checkpoint import load_model
 
-    loaded = load_model(_model_dir(model_path))
+    def which(exc: Exception) -> Exception:
+        return DataError(f"--model {model_path}: {exc}") if name else exc
+
+    try:
+        loaded = load_model(_model_dir(model_path))
+    except (DataError, FileNotFoundError) as exc:
+        raise which(exc) from exc
     mods = _split_list(modalities) or list(loaded.model.modalities)
     # data without splits gets the same seeded split that `train` made for it
     seed = int((loaded.meta or {}).get("train_config", {}).get("seed", 0))
     ds, _ = _read_data(data, mods, data_root, seed)
-    loaded.model.check_data(ds)  # before the standardiser, whose message would not name the model
+    try:
+        loaded.model.check_data(ds)  # before the standardiser, whose message would not name the model
+    except DataError as exc:
+        raise which(exc) from exc
     if loaded.standardizer is not None:
         ds = loaded.standardizer.transform(ds)
     return loaded.model, ds
@@ -264,8 +336,8 @@ def _index(ds, split: str | None):
 def embed(
     model: Annotated[Path, typer.Option(help="run folder or model folder")],
     data: Annotated[str, typer.Option(help="builtin name, .npz file, .toml spec, .h5 file or dataset folder")],
-    out_path: Annotated[Path, typer.Option("--out", help=".npz or .parquet file, or a folder (a path without a "
-                                           "suffix: one memory-mappable .npy per array)")],
+    out_path: Annotated[str, typer.Option("--out", help=".npz or .parquet file, or a folder (a path without a "
+                                          "suffix, or ending in /: one memory-mappable .npy per array)")],
     split: Annotated[str, typer.Option(help="split name, or 'all'")] = "all",
     modalities: Annotated[str | None, typer.Option()] = None,
     data_root: Annotated[Path | None, typer.Option()] = None,
@@ -274,9 +346,16 @@ def embed(
     """Write per-modality encodings (enc_<m>), the joint embedding (joint), mask, index and labels.
 
     Streams: one batch is held at a time, whatever the split's size."""
-    from commonspace.data.embedfiles import EmbeddingWriter
+    from commonspace.data.embedfiles import EmbeddingWriter, embedding_kind
     from commonspace.train.logging import Progress
 
+    # a str, not a Path: Path("emb.v2/") drops the slash that says "a folder"
+    slash = out_path.endswith(("/", os.sep))
+    if slash and Path(out_path).suffix.lower() in (".npz", ".parquet"):
+        _fail(f"--out {out_path}: a trailing / means a folder, but {Path(out_path).suffix} names a file; drop the "
+              "/ for a file, or the suffix for a folder")
+    kind = embedding_kind(out_path)  # .npz, .parquet or folder: a bad suffix is refused before the model loads
+    _check_out(out_path, "--out", folder=kind == "folder")
     m, ds = _load(model, data, modalities, data_root)
     idx = _index(ds, split)
     rows = ds.n if idx is None else int(idx.numel())
@@ -319,28 +398,40 @@ def evaluate(
 
     With --subsets / --subset / --drop-rate: the same with the queries' modalities masked (robustness to missing
     modalities), a row per subset, and a probe of the joint embedding."""
-    if subsets or subset or drop_rate:
+    robust = bool(subsets or subset or drop_rate)
+    if not robust and (len(model) != 1 or plot is not None):
+        _fail("several --model runs and --plot compare robustness: add --subsets (or --subset / --drop-rate)")
+    # every option is checked before the first model loads: a refusal never follows printed results
+    _check_k(k)
+    if plot is not None and plot.suffix.lower() != ".png":
+        _fail(f"{plot}: plots are written as PNG; give --plot a .png suffix")
+    for path, option in ((json_out, "--json"), (plot, "--plot")):
+        if path is not None:
+            _check_out(path, option)
+    if robust:
         _evaluate_subsets(model, data, split, k, json_out, modalities, data_root, None if subsets else subset,
                           drop_rate or [], probe_split, seed, plot)
         return
-    if len(model) != 1 or plot is not None:
-        _fail("several --model runs and --plot compare robustness: add --subsets (or --subset / --drop-rate)")
     _evaluate_one(model[0], data, split, k, json_out, modalities, data_root)
 
 
-def _query_rows(m: Any, ds: Any, split: str) -> tuple[Any, int]:
-    """The rows of ``split`` that have at least one of the model's modalities, and how many were left out."""
+def _query_rows(m: Any, ds: Any, split: str, who: str = "") -> tuple[Any, int]:
+    """The rows of ``split`` that have at least one of the model's modalities, and how many were left out.
+
+    ``who``: the ``--model`` a refusal names (when several are given)."""
     import torch
 
     if ds.labels is None:
         _fail("evaluation needs labels (relevance = shares a label); the data has none")
+    if split != "all" and split not in ds.splits:
+        _fail(f"--split {split!r}: {ds.name!r} has no such split; use one of {sorted(ds.splits)} or 'all'")
     idx = torch.arange(ds.n) if split == "all" and "all" not in ds.splits else ds.split(split)
     # a row with none of the model's modalities has nothing to embed: it is neither a query nor in a database
     present = ds.mask[idx][:, [ds.modalities.index(mm) for mm in m.modalities]]
     empty = int((~present.any(1)).sum())
     idx = idx[present.any(1)]
     if idx.numel() == 0:
-        _fail(f"no row of split {split!r} has any of the model's modalities {list(m.modalities)}; "
+        _fail(f"{who}no row of split {split!r} has any of the model's modalities {list(m.modalities)}; "
               "check --modalities and the data's mask")
     return idx, empty
 
@@ -377,7 +468,7 @@ def _evaluate_one(model: Path, data: str, split: str, k: int, json_out: Path | N
     out.print(t)
     if json_out:
         write_atomic(json_out, json.dumps({**clean, "excluded_empty_rows": empty}, indent=2))
-        console.print(f"wrote {json_out}")
+        console.print(escape(f"wrote {json_out}"))
 
 
 def _run_labels(paths: list[Path]) -> list[str]:
@@ -390,22 +481,54 @@ def _evaluate_subsets(models: list[Path], data: str, split: str, k: int, json_ou
                       modalities: str | None, data_root: Path | None, subsets: list[str] | None,
                       drop_rates: list[float], probe_split: str, seed: int, plot: Path | None) -> None:
     from commonspace.bench.report import write_atomic
-    from commonspace.eval.robustness import check_drop_rate, plot_robustness, robustness, summary_rows
+    from commonspace.data.dataset import DataError
+    from commonspace.eval.robustness import (
+        all_subsets,
+        check_drop_rate,
+        parse_subsets,
+        plot_robustness,
+        probe_rows,
+        robustness,
+        summary_rows,
+    )
 
     for p in drop_rates:
         check_drop_rate(p)  # before any model is loaded
-    if plot is not None and plot.suffix.lower() != ".png":
-        _fail(f"{plot}: plots are written as PNG; give --plot a .png suffix")
     labels = _run_labels(models)
     if len(set(labels)) != len(labels):
         _fail("the same --model is given twice")
+    several = len(models) > 1
+    probe = None if probe_split == "none" else probe_split
+    # every run is loaded and checked against the data before the first is evaluated; the first stays loaded,
+    # the others are read again in turn, so one run's data is in memory at a time
+    first: tuple[Any, Any] | None = None
+    notes: list[str] = []
+    for path in models:
+        m, ds = _load(path, data, modalities, data_root, name=several)
+        who = f"--model {path}: " if several else ""
+        idx, _ = _query_rows(m, ds, split, who)
+        try:
+            all_subsets(m.modalities) if subsets is None else parse_subsets(subsets, m.modalities)
+            if probe is not None:
+                if probe not in ds.splits:
+                    _fail(f"--probe-split {probe!r}: {ds.name!r} has no such split; use one of "
+                          f"{sorted(ds.splits)} or 'none'")
+                _, overlap = probe_rows(ds, idx, probe, m.modalities)
+                if int(overlap.sum()):
+                    q, n = int(overlap.numel()), int(overlap.sum())
+                    notes.append(f"{who}the probe is scored on {q - n} of the {q} query rows: the {n} rows of "
+                                 f"--probe-split {probe!r} among them are left out (it was fitted on them)")
+        except DataError as exc:
+            raise DataError(f"{who}{exc}") from exc
+        if first is None:
+            first = (m, ds)
+    for note in notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
     results: dict[str, dict] = {}
     for label, path in zip(labels, models, strict=True):
-        m, ds = _load(path, data, modalities, data_root)
+        m, ds = first if first is not None else _load(path, data, modalities, data_root, name=several)
+        first = None
         idx, _ = _query_rows(m, ds, split)
-        probe = None if probe_split == "none" else probe_split
-        if probe is not None:
-            ds.split(probe)
         res = robustness(m, ds, query=idx, subsets=subsets, drop_rates=drop_rates, ks=(k,), probe_train=probe,
                          seed=seed)
         res["run"] = str(path)
@@ -423,15 +546,15 @@ def _evaluate_subsets(models: list[Path], data: str, split: str, k: int, json_ou
                         for c in (f"p@{k}", f"map@{k}", "map", "cross_modal_map", "probe")])
         t.caption = ("joint embedding of the masked queries vs the full database; x-MAP: mean MAP over the cross-modal "
                      "q->d pairs (q != d); probe: logistic regression on the joint embedding of "
-                     + (f"split {probe_split!r} (accuracy; classification MAP for multi-label)" if probe else
-                        "nothing (--probe-split none)"))
+                     + (f"split {probe_split!r} (accuracy; classification MAP for multi-label), scored on the "
+                        "queries outside that split" if probe else "nothing (--probe-split none)"))
         out.print(t)
     if json_out:
         write_atomic(json_out, json.dumps({"data": data, "split": split, "runs": results}, indent=2))
-        console.print(f"wrote {json_out}")
+        console.print(escape(f"wrote {json_out}"))
     if plot is not None:
         plot_robustness(results, plot, title=f"{data} [{split}]: joint MAP vs modalities present")
-        console.print(f"wrote {plot}")
+        console.print(escape(f"wrote {plot}"))
 
 
 @app.command()
@@ -528,6 +651,7 @@ def index_build(
     """Index one array of an embeddings file; ids are the rows' dataset indices."""
     from commonspace.index import build_index_from_file
 
+    _check_out(out_path, "--out")  # before the embeddings are read and the index trained
     idx = build_index_from_file(embeddings, out_path, key=key, factory=factory, metric=metric,
                                 train_size=train_size, seed=seed, nprobe=nprobe, chunk_rows=chunk_rows)
     console.print(f"wrote {out_path}: {idx.ntotal} items, {idx.dim}-{'bit' if key == 'codes' else 'd'}, "
@@ -540,19 +664,35 @@ def index_query(
     index_path: Annotated[Path, typer.Option("--index", help="an index file from `commonspace index build`")],
     ids: Annotated[str | None, typer.Option(help="comma-separated stored item ids to query by")] = None,
     queries: Annotated[Path | None, typer.Option(help=".npz/.npy file of query vectors or codes")] = None,
-    key: Annotated[str, typer.Option(help="array of --queries to use when it is an .npz")] = "joint",
+    key: Annotated[str | None, typer.Option(help="array of --queries to use (default: joint in an .npz, the "
+                                             "only array of a .mat or .h5)")] = None,
     k: Annotated[int, typer.Option(help="neighbours per query")] = 10,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the results as JSON")] = None,
 ) -> None:
     """Nearest neighbours of stored items (--ids) or of new vectors (--queries)."""
     from commonspace.bench.report import write_atomic
+    from commonspace.data.dataset import DataError
     from commonspace.data.io import load_array
     from commonspace.index import query_index
 
     if (ids is None) == (queries is None):
         _fail("give exactly one of --ids or --queries")
-    q = None if queries is None else load_array(queries, key if queries.suffix == ".npz" else None)
-    id_list = None if ids is None else [int(x) for x in ids.split(",") if x.strip()]
+    # every option is checked before the index is read
+    id_list = None if ids is None else _parse_ids(ids)
+    _check_k(k)
+    if json_out is not None:
+        _check_out(json_out, "--json")
+    q = None
+    if queries is not None:
+        suffix = queries.suffix.lower()
+        pick = (key or "joint") if suffix == ".npz" else key if suffix in (".mat", ".h5", ".hdf5") else None
+        if key is not None and pick is None:
+            _fail(f"--key {key}: {queries.name} holds one array; drop --key")
+        try:
+            q = load_array(queries, pick)
+        except DataError as exc:  # the reader names its parameter key=; here it is --key
+            raise DataError(str(exc).replace("pass key=... to choose one", "choose one with --key")
+                            .replace("Pass one of them as key", "Pass one of them as --key")) from exc
     res = query_index(index_path, queries=q, ids=id_list, k=k, exclude_self=id_list is not None)
     t = Table(title=f"{index_path.name}: top {k}")
     t.add_column("query")
@@ -565,6 +705,7 @@ def index_query(
     if json_out:
         clean = [{k2: (v.tolist() if hasattr(v, "tolist") else v) for k2, v in r.items()} for r in res]
         write_atomic(json_out, json.dumps(clean, indent=2))
+        console.print(escape(f"wrote {json_out}"))
 
 
 @app.command()

@@ -28,14 +28,14 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NoReturn
 
 import numpy as np
 from numpy.lib import format as npformat
 from numpy.lib.format import open_memmap
 
 from commonspace.data.dataset import DataError, PageBudget, release_pages
-from commonspace.data.io import _np
+from commonspace.data.io import DiskError, _np
 
 __all__ = ["FORMAT", "EmbeddingWriter", "embedding_kind", "is_embeddings_folder", "read_embeddings_folder",
            "write_embeddings"]
@@ -58,8 +58,8 @@ def embedding_kind(path: str | os.PathLike) -> Kind:
         return "parquet"
     if p.is_dir() or not p.suffix or str(path).endswith(os.sep):
         return "folder"
-    raise DataError(f"{p}: embeddings are written as .npz, .parquet or a folder (a path without a suffix); "
-                    "change the suffix")
+    raise DataError(f"{p}: embeddings are written as .npz, .parquet or a folder (a path without a suffix, or "
+                    "ending in /); change the suffix, or add a / for a folder")
 
 
 def is_embeddings_folder(path: str | os.PathLike) -> bool:
@@ -90,8 +90,13 @@ class EmbeddingWriter:
     """
 
     def __init__(self, path: str | os.PathLike, rows: int, meta: Mapping[str, Any] | None = None) -> None:
-        self.path = Path(path).expanduser()
+        from commonspace.data.folder import _staging_dir, _sweep_stale_dirs
+        from commonspace.data.io import resolve_link
+
+        self._tmp: Path | None = None
         self.kind = embedding_kind(path)
+        # a symlink: its target is replaced and the link stays valid
+        self.path = resolve_link(Path(path).expanduser())
         self.rows = int(rows)
         self.meta = json.loads(json.dumps(dict(meta or {}), default=str))
         if self.rows < 0:
@@ -102,16 +107,27 @@ class EmbeddingWriter:
             except ImportError as exc:
                 raise DataError(f"{self.path}: writing .parquet needs pyarrow; run `pip install pyarrow` (or "
                                 "`pip install commonspace[parquet]`), or write .npz or a folder instead") from exc
+        _sweep_stale_dirs(self.path)  # first: it may put back the folder a killed replacement hid
         self._replace = self._check_target()
         self._done = 0
         self._maps: dict[str, np.memmap] = {}
         self._hash: dict[str, Any] = {}  # folder kind only
         self._pages: dict[str, PageBudget] = {}
-        self._tmp: Path | None = None
-        from commonspace.data.folder import _staging_dir, _sweep_stale_dirs
+        self._needed: int | None = None
+        try:
+            self._tmp = _staging_dir(self.path)
+        except OSError as exc:
+            self._disk(exc)
 
-        _sweep_stale_dirs(self.path)
-        self._tmp = _staging_dir(self.path)
+    def _disk(self, exc: OSError) -> NoReturn:
+        """Drop what is staged; re-raise ``exc`` (being handled), as one line when it is a full or read-only disk."""
+        from commonspace.data.io import disk_error
+
+        self.abort()  # first, so the free space the message shows is real
+        err = disk_error(exc, self.path, self._needed)
+        if err is None:
+            raise exc
+        raise err from exc
 
     def _check_target(self) -> bool:
         """Refuse targets that must not be replaced; True when an existing embeddings folder is to be replaced."""
@@ -134,11 +150,20 @@ class EmbeddingWriter:
 
     # ------------------------------------------------------------------ writing
     def _open(self, chunk: Mapping[str, np.ndarray]) -> None:
+        from commonspace.data.io import reserve
+
         assert self._tmp is not None
+        staged = sum(self.rows * a[:1].nbytes + 128 for a in chunk.values())
+        # a .npz or .parquet is assembled next to the staged files before they are removed
+        self._needed = staged * (1 if self.kind == "folder" else 2) + 4096
         for name, a in chunk.items():
             if not _NAME.fullmatch(name) or name == "__meta__":
                 raise DataError(f"array name {name!r} cannot be used (reserved, or not a file name); rename it")
-            mm = open_memmap(self._tmp / f"{name}.npy", mode="w+", dtype=a.dtype, shape=(self.rows, *a.shape[1:]))
+            try:
+                mm = open_memmap(self._tmp / f"{name}.npy", mode="w+", dtype=a.dtype, shape=(self.rows, *a.shape[1:]))
+                reserve(self._tmp / f"{name}.npy")  # a full disk is ENOSPC now, not SIGBUS while the map is filled
+            except OSError as exc:
+                self._disk(exc)
             self._maps[name], self._pages[name] = mm, PageBudget(mm)
             if self.kind == "folder":  # only a folder's meta.json records checksums
                 h = self._hash[name] = hashlib.sha256()
@@ -213,7 +238,12 @@ class EmbeddingWriter:
                 del staged
             return self.path
         except OSError as exc:
-            raise DataError(f"{self.path}: cannot write the embeddings ({exc}); nothing was written") from exc
+            try:
+                self._disk(exc)
+            except DiskError:
+                raise
+            except OSError:
+                raise DataError(f"{self.path}: cannot write the embeddings ({exc}); nothing was written") from exc
         finally:
             self.abort()
 
@@ -317,14 +347,12 @@ def read_embeddings_folder(path: str | os.PathLike, mmap: bool = True, verify: b
         doc = json.loads(mp.read_text())
     except (OSError, ValueError) as exc:
         raise _damaged(mp, f"meta.json cannot be read ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise DataError(f"{p}: meta.json is not an embeddings folder's (a dataset folder? use it as --data)")
-    if doc.get("version") != VERSION:
-        raise DataError(f"{p}: embeddings folder version {doc.get('version')!r}; this commonspace reads version "
-                        f"{VERSION}")
+    from commonspace.data.meta import check_embeddings_folder
+
+    doc = check_embeddings_folder(doc, mp, format=FORMAT, version=VERSION)  # every key used below, typed
     arrays: dict[str, np.ndarray] = {}
-    for name, f in doc.get("arrays", {}).items():
-        fp = p / str(f.get("file", ""))
+    for name, f in doc["arrays"].items():
+        fp = p / f["file"]
         if not _NAME.fullmatch(name) or fp.parent != p or not fp.is_file():
             raise _damaged(fp, f"array {name!r} is missing")
         if fp.stat().st_size != f.get("bytes"):

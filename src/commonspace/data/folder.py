@@ -83,7 +83,10 @@ def _rows(held: Any, start: int, stop: int) -> np.ndarray:
 def _write_features(path: Path, m: str, held: Any, dtype: str, step: int) -> dict[str, Any]:
     """One modality into ``path`` chunk by chunk; returns its meta.json entry (hashed as it is written)."""
     shape = tuple(int(d) for d in held.shape)
+    from commonspace.data.io import reserve
+
     mm = open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=shape)
+    reserve(path)  # a full disk is ENOSPC now, not SIGBUS while the map is filled
     h = hashlib.sha256()
     with open(path, "rb") as fh:  # the header open_memmap wrote, which the checksum covers too
         h.update(fh.read(mm.offset))
@@ -113,15 +116,11 @@ def _write_features(path: Path, m: str, held: Any, dtype: str, step: int) -> dic
 
 
 def _sweep_stale_dirs(out: Path) -> None:
-    """Remove temporary folders of ``out`` left by killed writers (:func:`~commonspace.data.io.stale_siblings`)."""
-    from commonspace.data.io import stale_siblings
+    """Remove temporary folders of ``out`` left by killed writers, first putting back an old copy a writer killed
+    mid-replacement hid (:func:`~commonspace.data.io.sweep_replaced`): the last copy is never deleted."""
+    from commonspace.data.io import sweep_replaced
 
-    for e in stale_siblings(out, "tmp|old", legacy=False):
-        try:
-            if e.is_dir(follow_symlinks=False):
-                shutil.rmtree(e.path, ignore_errors=True)
-        except OSError:
-            pass
+    sweep_replaced(out)
 
 
 def _check_target(out: Path, overwrite: bool) -> bool:
@@ -164,9 +163,13 @@ def write_folder(data_or_source: MultimodalDataset | str | os.PathLike, out_dir:
     """
     if dtype not in DTYPES:
         raise DataError(f"dtype {dtype!r} is not supported; use one of {list(DTYPES)}")
+    from commonspace.data.io import disk_error, resolve_link
+
     out = Path(out_dir).expanduser()
     if out.name in ("", ".", ".."):
         out = out.resolve()
+    out = resolve_link(out)  # a symlinked folder: its target is replaced and the link stays valid
+    _sweep_stale_dirs(out)  # first: it may put back the folder a killed --overwrite hid
     replace_existing = _check_target(out, overwrite)
     data = _source(data_or_source, modalities, root)
     for s in data.splits:
@@ -175,8 +178,9 @@ def write_folder(data_or_source: MultimodalDataset | str | os.PathLike, out_dir:
     store = data._store()
     width = max(math.prod(x.shape[1:]) for x in store.values())
     step = chunk_rows_for(width, chunk_rows)
+    itemsize = np.dtype(dtype).itemsize
+    needed = sum(math.prod(x.shape) * itemsize for x in store.values()) + data.n * (len(store) + 8) + (1 << 16)
 
-    _sweep_stale_dirs(out)
     tmp: Path | None = None
     try:
         tmp = _staging_dir(out)
@@ -205,6 +209,12 @@ def write_folder(data_or_source: MultimodalDataset | str | os.PathLike, out_dir:
         _publish(tmp, out, replace_existing)
         tmp = None
     except OSError as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # first, so the free space the message shows is real
+            tmp = None
+        err = disk_error(exc, out, needed, option="OUT folder")
+        if err is not None:
+            raise err from exc
         raise DataError(f"{out}: cannot write the dataset folder ({exc}); nothing was written") from exc
     finally:
         if tmp is not None:
@@ -230,19 +240,14 @@ def _publish(tmp: Path, out: Path, replace_existing: bool) -> None:
 
 
 def _move_into_place(tmp: Path, out: Path, replace_existing: bool) -> None:
+    from commonspace.data.io import replace_dir
+
     if not replace_existing:
         os.replace(tmp, out)  # over a missing or empty folder: atomic
         return
-    # the old folder steps aside under a unique hidden name (swept like a temp folder if we are killed here)
-    old = _staging_dir(out, ".old")
-    os.rmdir(old)
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    # one atomic swap where the kernel can; else the old folder steps aside under a unique hidden name, which
+    # readers and sweeps put back if we are killed before the new one is in place
+    replace_dir(tmp, out, lambda: _staging_dir(out, ".old"))
 
 
 # ------------------------------------------------------------------ reading
@@ -264,17 +269,10 @@ def _read_meta(folder: Path) -> dict[str, Any]:
         meta = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _damaged(p, f"is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DataError(f"{p}: is not a commonspace dataset folder's meta.json (format {meta.get('format')!r} if "
-                        f"a dict, expected {FORMAT!r}); write the folder with `commonspace convert`")
-    if meta.get("version") != VERSION:
-        raise DataError(f"{p}: dataset folder format version {meta.get('version')!r}; this commonspace reads "
-                        f"version {VERSION}: re-create the folder with this version's `commonspace convert`")
-    needed = ("samples", "modalities", "dims", "dtypes", "files")
-    lost = [k for k in needed if k not in meta]
-    if lost:
-        raise _damaged(p, f"lacks {lost}")
-    return meta
+    from commonspace.data.meta import check_dataset_folder
+
+    # every key used below (types, counts, nested records) is checked there, so a hand-edit is one clear line
+    return check_dataset_folder(meta, p, format=FORMAT, version=VERSION)
 
 
 def _entry(folder: Path, meta: dict[str, Any], name: str) -> tuple[Path, dict[str, Any]]:
@@ -292,7 +290,7 @@ def _entry(folder: Path, meta: dict[str, Any], name: str) -> tuple[Path, dict[st
 def _check_size(p: Path, rec: dict[str, Any]) -> None:
     size = p.stat().st_size
     if size != rec.get("bytes"):
-        what = "truncated" if size < int(rec.get("bytes", 0)) else "longer than written"
+        what = "truncated" if size < rec["bytes"] else "longer than written"
         raise _damaged(p, f"has {size} bytes but meta.json records {rec.get('bytes')} ({what})")
 
 
@@ -356,7 +354,10 @@ def open_folder(path: str | os.PathLike, *, verify: bool = True, chunk_rows: int
     read once in chunks of ``chunk_rows`` rows (default about 16 MiB) to check its sha256 (damage), its values
     (finite) and the mask (missing rows zero); ``verify=False`` skips that pass and trusts the writer.
     """
+    from commonspace.data.io import recover_replaced
+
     folder = Path(path).expanduser()
+    recover_replaced(folder)  # a writer killed mid-replacement hid the folder as .old: put it back
     meta = _read_meta(folder)
     order = [str(m) for m in meta["modalities"]]
     if not order:

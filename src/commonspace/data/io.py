@@ -12,6 +12,7 @@ Dataset ``.npz`` schema (all keys but ``x_*`` optional; see docs/data.md):
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +35,7 @@ import torch
 from commonspace.data.dataset import DataError, LazyArray, MultimodalDataset
 
 __all__ = [
+    "DiskError",
     "Terminated",
     "atomic_write",
     "exit_on_signals",
@@ -155,16 +158,18 @@ def _sweep_stale_tmp(path: Path) -> None:
             pass
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], needed: int | None = None) -> Path:
     """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it over ``path``.
 
     ``os.replace`` within one directory is atomic, so readers see the old file or the complete new one,
     never a half-written file; on any error (and on SIGTERM/SIGHUP inside :func:`exit_on_signals`, which every
     CLI command uses) the temp file is removed and ``path`` is untouched. The temp file is
     ``.NAME.PID-HOST.XXXXXXXX.tmp``; ones left by killed writers (pid gone) are swept first. The new file's mode
-    follows the umask (``0o666 & ~umask``), like any file the user creates.
+    follows the umask (``0o666 & ~umask``), like any file the user creates. A symlink ``path`` keeps pointing at
+    its target, which is what gets replaced. A full or read-only disk is a one-line :class:`DiskError` (``needed``:
+    the bytes to write, when known, for its message).
     """
-    path = Path(path).expanduser()
+    path = resolve_link(Path(path).expanduser())
     if not path.parent.exists():
         raise DataError(f"{path}: folder {path.parent} does not exist; create it first")
     if path.is_dir():
@@ -181,12 +186,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp is not None:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+        err = disk_error(exc, path, needed)  # after the unlink: the free space it shows is the user's
+        if err is not None:
+            raise err from exc
         raise
     return path
 
@@ -220,6 +228,243 @@ def _make_temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
             shutil.rmtree(path, ignore_errors=True)
         raise
     return path
+
+
+# ------------------------------------------------------------------ disk faults
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+class DiskError(DataError, OSError):
+    """A write the file system refused (full, read-only, not permitted), as one line naming the folder and the fix.
+
+    A :class:`DataError` (the CLI prints it as one line, exit 2) and an ``OSError`` (with ``errno``), so callers
+    that catch either still do.
+    """
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    if isinstance(exc, OSError):
+        return exc.errno
+    m = re.search(r"\(os error (\d+)\)", str(exc))  # safetensors' Rust I/O errors carry the errno only as text
+    return int(m.group(1)) if m else None
+
+
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """Bytes an unprivileged user may still write on the file system of ``folder`` (None: unknown)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 100e6 else f"{n / 1e6:.0f} MB"
+
+
+def _nearest_dir(path: Path) -> Path:
+    p = path
+    while not p.is_dir() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def disk_error(exc: BaseException, target: str | os.PathLike, needed: int | None = None,
+               option: str = "--out", where: Path | None = None, at_least: bool = False) -> DiskError | None:
+    """``exc`` as a one-line :class:`DiskError` when it is a full or read-only disk (or no permission), else None.
+
+    ``needed`` is the bytes the write needs (``at_least``: more than that), shown with what is free; ``option``
+    is the CLI option to change.
+    Build it after removing what the write left, so the free space shown is what the user really has.
+    """
+    code = _errno_of(exc)
+    if code not in _NO_SPACE + _NOT_WRITABLE:
+        return None
+    target = Path(target)
+    where = where or _nearest_dir(target.parent)
+    if code in _NO_SPACE:
+        free = free_bytes(where)
+        have = "" if free is None else f"{_mb(free)} free"
+        if needed:
+            need = f"needs {'over ' if at_least else ''}{_mb(needed)}" + (f", {have}" if have else "")
+        else:
+            need = f"{have}, not enough" if have else "the disk is full"
+        msg = f"{target}: no space left on {where}: {need}; free space or choose another {option}"
+    else:
+        why = "read-only file system" if code == errno.EROFS else "permission denied"
+        msg = f"{target}: cannot write to {where} ({why}); choose another {option} on a disk you can write to"
+    return DiskError(msg, code)
+
+
+def check_writable(folder: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse, as one :class:`DiskError`, a folder (or, when it does not exist yet, its nearest existing parent)
+    that cannot take a small file: read-only, not permitted or completely full. Leaves nothing behind."""
+    folder = Path(folder).expanduser()
+    where = _nearest_dir(folder)
+    tmp: str | None = None
+    try:
+        with _signals_deferred():  # a signal between mkstemp and unlink would leave the probe behind
+            fd, tmp = tempfile.mkstemp(prefix=".commonspace-probe-", dir=where)
+            try:
+                os.write(fd, b"\0" * 4096)  # one block: a full disk refuses it, an empty file would not
+            finally:
+                os.close(fd)
+                os.unlink(tmp)
+    except OSError as exc:
+        err = disk_error(exc, folder, option=option, where=where)
+        if err is None:
+            raise
+        raise err from exc
+
+
+def reserve(path: str | os.PathLike) -> None:
+    """Allocate every block of the (sparse) file ``path`` now, before it is filled through a memory map.
+
+    A store through a map into a block the full disk cannot provide kills the process with SIGBUS, without a
+    message or cleanup; reserved first, a full disk is an ``OSError`` (ENOSPC) here instead.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if not size:
+            return
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+        if os.name == "nt":  # NTFS allocates the blocks when the file is extended: nothing to do
+            return
+        block = b"\0" * (1 << 20)  # no fallocate (macOS, or the file system has none): write the zeros through
+        for start in range(0, size, len(block)):
+            os.pwrite(fd, block[: min(len(block), size - start)], start)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ crash-safe replacement
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_renameat2: Any = None
+
+
+def _exchange_fn() -> Any:
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+                _renameat2 = fn
+            except (OSError, AttributeError):
+                pass
+    return _renameat2 or None
+
+
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    False where the platform, kernel or file system cannot (then nothing was changed).
+    """
+    fn = _exchange_fn()
+    if fn is None:
+        return False
+    import ctypes
+
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_dir(new: Path, out: Path, old_name: Callable[[], Path]) -> None:
+    """Make the complete folder ``new`` (a hidden sibling) the folder ``out``, removing the previous ``out``.
+
+    With ``renameat2(RENAME_EXCHANGE)`` the two folders swap in one step, so ``out`` always exists. Elsewhere
+    the old folder steps aside under ``old_name()`` (``.OUT.PID-HOST.XXXXXXXX.old``) first; a kill between the
+    two renames leaves ``out`` missing, and :func:`recover_replaced` (which readers and sweeps call) puts the
+    old folder back.
+    """
+    if not os.path.lexists(out):
+        os.replace(new, out)  # nothing to replace: atomic
+        return
+    with _signals_deferred():  # Ctrl-C or SIGTERM between the renames would leave out missing
+        if exchange(new, out):
+            old = new  # the previous folder now sits under the temp name, swept as one if we die here
+        else:
+            old = old_name()
+            os.rmdir(old)
+            os.rename(out, old)
+            try:
+                os.rename(new, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_replaced(path: str | os.PathLike) -> bool:
+    """Undo a replacement a killed writer left half done: ``path`` missing, its previous copy hidden as ``.old``.
+
+    The newest such copy (of a writer that is gone) is renamed back to ``path``; True when that happened.
+    """
+    path = Path(path).expanduser()
+    if os.path.lexists(path):
+        return False
+    olds = stale_siblings(path, "old", legacy=False)
+    for e in sorted(olds, key=_ctime, reverse=True):
+        try:
+            os.rename(e.path, path)
+            return True
+        except OSError:  # gone meanwhile (another reader restored it), or not ours to move
+            if os.path.lexists(path):
+                return False
+    return False
+
+
+def _ctime(e: os.DirEntry) -> float:
+    try:
+        return e.stat(follow_symlinks=False).st_ctime  # a rename sets it: the latest step-aside wins
+    except OSError:
+        return 0.0
+
+
+def sweep_replaced(path: str | os.PathLike) -> None:
+    """Remove the temp and ``.old`` siblings of ``path`` left by killed writers; never the last copy.
+
+    A stale ``.old`` is first put back when ``path`` is missing (:func:`recover_replaced`); any other is removed
+    only while ``path`` exists. Symlinks among them are unlinked, never followed.
+    """
+    path = Path(path).expanduser()
+    recover_replaced(path)
+    for e in stale_siblings(path, "tmp|old", legacy=False):
+        if e.name.endswith(".old") and not os.path.lexists(path):
+            continue
+        try:
+            if e.is_symlink():
+                os.unlink(e.path)
+            elif e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def resolve_link(path: Path) -> Path:
+    """The target of ``path`` when it is a symlink (so a replacement writes there and the link stays valid)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 class Terminated(SystemExit):
@@ -641,6 +886,7 @@ def load_embeddings(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     """Read what :func:`save_embeddings` (or ``commonspace embed``) wrote: ``(arrays, meta)``.
 
     An embeddings folder's arrays are read-only memory maps (checksums verified in one chunked pass)."""
+    recover_replaced(path)  # a writer killed mid-replacement hid the folder as .old: put it back
     if Path(path).expanduser().is_dir():
         from commonspace.data.embedfiles import read_embeddings_folder
 

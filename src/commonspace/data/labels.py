@@ -22,7 +22,12 @@ from torch import Tensor
 
 from commonspace.data.dataset import DataError
 
-__all__ = ["canonical_labels", "label_pair", "pair_relevance", "relevance"]
+__all__ = ["canonical_labels", "check_class_ids", "label_pair", "pair_relevance", "relevance", "single_class"]
+
+#: class ids up to this bound are always accepted; above it the id range may be at most
+#: :data:`SPARSE_IDS_FACTOR` times the number of distinct classes (see :func:`check_class_ids`)
+SMALL_ID_RANGE = 1024
+SPARSE_IDS_FACTOR = 4
 
 
 def _as_tensor(x: object, what: str) -> Tensor:
@@ -101,3 +106,48 @@ def relevance(labels: object, other: object | None = None, what: str = "labels")
         return pair_relevance(q, q)
     q, d, _ = label_pair(labels, other, what, f"other {what}")
     return pair_relevance(q, d)
+
+
+def check_class_ids(labels: object, what: str = "labels") -> int:
+    """The class count ``max id + 1`` of (N,) class ids, refusing ids far beyond the number of distinct classes.
+
+    A model sized by the class count (a classifier head, CSQ centres) allocates one row per id up to the
+    largest, so one outlier id (``10**9``) would ask for gigabytes. Ids are refused, not remapped: a remap would
+    silently change what the saved model's outputs mean. Accepted: ids below :data:`SMALL_ID_RANGE`, or a range
+    of at most :data:`SPARSE_IDS_FACTOR` times the distinct classes.
+    """
+    y = canonical_labels(labels, what)
+    if y.ndim != 1:
+        return int(y.shape[1])
+    if y.numel() == 0:
+        return 0
+    top = int(y.max())
+    distinct = int(torch.unique(y).numel())
+    if top + 1 > max(SMALL_ID_RANGE, SPARSE_IDS_FACTOR * distinct):
+        raise DataError(f"{what}: class ids go up to {top} but there are only {distinct} distinct classes, so a "
+                        f"model would be sized for {top + 1} classes; map the ids to 0..{distinct - 1} first "
+                        "(names, y = numpy.unique(labels, return_inverse=True))")
+    return top + 1
+
+
+def single_class(labels: object, what: str = "labels") -> str | None:
+    """A warning when every item is relevant to every other (one class only), else None.
+
+    Supervised losses are then zero and every relevance metric (P@k, mAP) is 1.0, which looks like success.
+    """
+    if labels is None:
+        return None
+    y = canonical_labels(labels, what)
+    if y.shape[0] < 2:
+        return None
+    if y.ndim == 1:
+        if not bool((y == y[0]).all()):
+            return None
+        kind = f"one class only (id {int(y[0])})"
+    else:
+        shared = torch.nonzero(y.all(0)).flatten()
+        if shared.numel() == 0:
+            return None
+        kind = f"label {int(shared[0])} on every row"
+    return (f"the {what} hold {kind}: supervised losses are zero and every relevance metric (P@k, mAP) is 1.0; "
+            "give labels of at least two classes for a meaningful run")

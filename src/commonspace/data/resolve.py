@@ -17,7 +17,7 @@ def resolve_data(source: str, modalities: list[str] | None = None, root: Path | 
     (``meta.json`` + ``.npy`` files, memory-mapped) or an ``.h5`` file in the ``.npz`` schema (read lazily)."""
     from commonspace.data import builtin
     from commonspace.data.folder import open_folder
-    from commonspace.data.io import load_h5, load_npz
+    from commonspace.data.io import load_h5, load_npz, recover_replaced
     from commonspace.data.spec import load_spec
 
     names = {d["name"] for d in builtin.available()}
@@ -25,7 +25,7 @@ def resolve_data(source: str, modalities: list[str] | None = None, root: Path | 
     path = Path(source)
     if source.startswith("builtin:") or (name in names and not path.exists()):
         data = builtin.load(name, root=root)
-    elif not path.exists():
+    elif not path.exists() and not recover_replaced(path):  # put back a folder a killed --overwrite hid
         raise DataError(f"data {source!r} is neither a file nor a builtin dataset; builtins: {sorted(names)}")
     elif path.is_dir():
         if not (path / "meta.json").is_file():

@@ -246,7 +246,8 @@ def retrieval_metrics(
         nq, nd = query_emb.shape[0], db_emb.shape[0]
         for t, w in ((query_emb, "query_emb"), (db_emb, "db_emb")):
             if not torch.isfinite(t).all():
-                raise DataError(f"{w} contains NaN or inf; similarities and rankings would be undefined")
+                raise DataError(f"the {'query' if w == 'query_emb' else 'database'} embeddings ({w}) contain NaN "
+                                "or inf; similarities and rankings would be undefined (a diverged model?)")
         if metric == "cosine":
             # normalise once instead of once per chunk; then every chunk is a plain matmul
             query_emb, db_emb = F.normalize(_float(query_emb), dim=1), F.normalize(_float(db_emb), dim=1)
@@ -261,7 +262,7 @@ def retrieval_metrics(
     ks = [int(k) for k in ks]
     map_at = [int(k) for k in (map_at or ())]
     if any(k < 1 for k in ks + map_at):
-        raise DataError(f"cut-offs must be >= 1, got ks={ks} map_at={map_at}")
+        raise DataError(f"cut-offs must be >= 1 (CLI: --k), got ks={ks} map_at={map_at}")
     if ap_at_k_norm not in ("retrieved", "min"):
         raise DataError(f"ap_at_k_norm must be 'retrieved' or 'min', got {ap_at_k_norm!r}")
     if chunk_size is not None and chunk_size < 1:

@@ -14,7 +14,9 @@ none of ``S`` are left out and counted). The database always keeps every modalit
   the database's vectors of modality ``d`` (every ``d`` whose vectors have the same width); as in
   :func:`~commonspace.eval.retrieval.cross_modal_retrieval` the own row is left out only when ``q == d``;
 * ``probe``: a classifier fitted on the joint embeddings of the probe-training rows as they are in the data
-  (never masked), scored on the masked queries' joint embeddings.
+  (never masked), scored on the masked queries' joint embeddings, less the queries that are probe-training rows
+  (scored on its own training rows the probe would read well above chance on labels the features do not
+  predict); the result's ``probe_overlap`` counts them, and no query row left to score is refused.
 
 ``drop_rate`` rows mask each query modality independently with probability ``p`` (seeded), redrawn for a row
 until at least one of its modalities stays: the exact distribution of independent drops given "not all gone".
@@ -35,8 +37,8 @@ from torch import Tensor
 from commonspace.data.dataset import DataError, MultimodalDataset
 from commonspace.eval.retrieval import retrieval_metrics
 
-__all__ = ["all_subsets", "check_drop_rate", "parse_subsets", "plot_robustness", "plot_size_curves", "probe_score",
-           "random_drop_mask", "robustness", "subset_name", "summary_rows"]
+__all__ = ["all_subsets", "check_drop_rate", "parse_subsets", "plot_robustness", "plot_size_curves", "probe_rows",
+           "probe_score", "random_drop_mask", "robustness", "subset_name", "summary_rows"]
 
 #: more modalities than this give 2^M - 1 > 1023 subsets: list the ones wanted instead
 MAX_ALL_SUBSETS = 10
@@ -79,7 +81,7 @@ def parse_subsets(items: Sequence[str | Sequence[str]], modalities: Sequence[str
 
 def check_drop_rate(p: float) -> float:
     if not 0.0 <= float(p) < 1.0:
-        raise DataError(f"drop rate must be in [0, 1), got {p}: at 1 every modality would go")
+        raise DataError(f"drop rate (--drop-rate) must be in [0, 1), got {p}: at 1 every modality would go")
     return float(p)
 
 
@@ -109,6 +111,33 @@ def _index(data: MultimodalDataset, index: Tensor | str | None, what: str) -> Te
     return idx
 
 
+def probe_rows(data: MultimodalDataset, query: Tensor | str | None, probe_train: Tensor | str,
+               modalities: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """The probe-training rows (those with any of ``modalities``) and, per query row with any of them, whether
+    it is one of those rows: such a query is left out of the probe's test sets.
+
+    Refuses when no query row is left to score: a probe scored on its own training rows reads well above
+    chance even on labels the features do not predict.
+    """
+    cols = torch.tensor([data.modalities.index(m) for m in modalities])
+    own = data.mask[:, cols].any(1)
+    qi = _index(data, query, "query")
+    qi = qi[own[qi]]
+    pi = _index(data, probe_train, "probe-training")
+    pi = pi[own[pi]]
+    if pi.numel() == 0:
+        raise DataError(f"no probe-training row has any of the model's modalities {list(modalities)}; choose "
+                        "another --probe-split, or --probe-split none (API: probe_train=None)")
+    in_probe = torch.zeros(data.n, dtype=torch.bool)
+    in_probe[pi] = True
+    overlap = in_probe[qi]
+    if qi.numel() and bool(overlap.all()):
+        raise DataError(f"all {qi.numel()} query rows are probe-training rows, so the probe would be scored on "
+                        "the rows it was fitted on; use a --split other than --probe-split, or --probe-split "
+                        "none (API: query rows outside probe_train, or probe_train=None)")
+    return pi, overlap
+
+
 def _slim(r: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (float(v) if isinstance(v, float | np.floating) or (isinstance(v, Tensor) and v.ndim == 0)
                 else int(v) if isinstance(v, int | np.integer) else v)
@@ -133,9 +162,11 @@ def robustness(
     ``query`` / ``database``: split names or row indices (``database=None``: the query rows themselves, each
     query's own row left out of its ranking). ``subsets``: ``"a,b"`` strings or name lists (None: every
     non-empty subset). ``drop_rates``: extra rows with random drops at those rates. ``probe_train``: the rows a
-    logistic-regression probe is fitted on (None: no probe; single- or multi-label). Returns ``{"model",
-    "modalities", "queries", "database", "rows": [...]}``, one row per subset (``present``: its size) then per
-    drop rate (``present``: the mean number of modalities the evaluated queries keep).
+    logistic-regression probe is fitted on (None: no probe; single- or multi-label); query rows among them are
+    left out of the probe's test sets (:func:`probe_rows`; ``probe_overlap`` counts them, each row's
+    ``probe["queries"]`` counts the rows scored). Returns ``{"model", "modalities", "queries", "database",
+    "rows": [...]}``, one row per subset (``present``: its size) then per drop rate (``present``: the mean
+    number of modalities the evaluated queries keep).
     """
     if data.labels is None:
         raise DataError("robustness needs labels (relevance = shares a label); the data has none")
@@ -155,6 +186,12 @@ def robustness(
     di = di[kept_d]
     if di.numel() == 0:
         raise DataError(f"no database row has any of the model's modalities {list(mods)}")
+    # checked before any embedding: a refused probe costs nothing
+    pi, in_probe = (None, None) if probe_train is None else probe_rows(data, qi, probe_train, mods)
+    probe_q = None
+    if in_probe is not None:
+        probe_q = torch.zeros(data.n, dtype=torch.bool)
+        probe_q[pi] = True
     db = data.subset(di)
     db_joint = model.embed_dataset(db)
     db_enc = model.encode_dataset(db)
@@ -216,23 +253,27 @@ def robustness(
         rec, rows, joint = evaluate(qmask)
         info.setdefault("present", rec["present_mean"])
         out_rows.append({"subset": name, **info, **rec})
-        if probe_train is not None:
-            probe_tests[name] = (joint.numpy(), y[rows].numpy())
-    if probe_train is not None:
+        if probe_q is not None:
+            fresh = ~probe_q[rows]  # the probe's own training rows are not test rows
+            if bool(fresh.any()):
+                probe_tests[name] = (joint[fresh].numpy(), y[rows][fresh].numpy())
+    extra: dict[str, Any] = {}
+    if pi is not None and in_probe is not None:
         from commonspace.eval.probe import logistic_probe_many
 
-        pi = _index(data, probe_train, "probe-training")
-        pi = pi[own[pi].any(1)]
         # fitted once, on the probe rows as the data has them, and scored on every masked query set
         scores = logistic_probe_many(model.embed_dataset(data.subset(pi)).numpy(), y[pi].numpy(), probe_tests,
-                                     seed=seed)
+                                     seed=seed) if probe_tests else {}
         for row in out_rows:
-            r = scores[row["subset"]]
-            row["probe"] = {k: float(v) for k, v in r.items() if k in ("accuracy", "map", "exact_match")}
+            r = scores.get(row["subset"])  # None: every query this subset kept is a probe-training row
+            row["probe"] = None if r is None else (
+                {k: float(v) for k, v in r.items() if k in ("accuracy", "map", "exact_match")}
+                | {"queries": int(probe_tests[row["subset"]][1].shape[0])})
+        extra = {"probe_train": int(pi.numel()), "probe_overlap": int(in_probe.sum())}
     return {"model": getattr(model, "name", type(model).__name__), "modalities": list(mods),
             "queries": int(qi.numel()), "database": int(di.numel()), "ks": [int(k) for k in ks],
             "multilabel": bool(data.multilabel),
-            "metric": metric, "seed": int(seed), "rows": out_rows}
+            "metric": metric, "seed": int(seed), **extra, "rows": out_rows}
 
 
 def summary_rows(result: Mapping[str, Any], k: int) -> list[dict[str, Any]]:

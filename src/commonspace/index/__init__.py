@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,16 +71,17 @@ def build_index_from_file(
 
     arrays, meta = load_embeddings(emb_path)
     if key not in arrays:
-        raise DataError(f"{emb_path}: no array {key!r}; it has {sorted(arrays)}. Pass key=joint, enc_<modality> "
-                        "or codes")
+        raise DataError(f"{emb_path}: no array {key!r}; it has {sorted(arrays)}. Choose --key (API: key=) joint, "
+                        "enc_<modality> or codes")
     x = arrays[key]
     if x.ndim != 2:
         raise DataError(f"{emb_path}: array {key!r} has shape {x.shape}; an index takes (N, d) rows")
     if ids_key is None:
         ids = np.arange(x.shape[0], dtype=np.int64)
     elif ids_key not in arrays:
-        raise DataError(f"{emb_path}: no id array {ids_key!r}; it has {sorted(arrays)}. Pass ids_key=None to "
-                        "use row positions")
+        raise DataError(f"{emb_path}: no id array {ids_key!r}; it has {sorted(arrays)}. Write the embeddings "
+                        "with `commonspace embed` (it stores the rows' ids), or use row positions (API: "
+                        "ids_key=None)")
     else:
         ids = np.asarray(arrays[ids_key])
     if ids.shape != (x.shape[0],):
@@ -103,7 +105,14 @@ def build_index_from_file(
     if needs:
         size = default_train_size(rows.size, nlist) if train_size is None else int(train_size)
         if not 1 <= size <= rows.size:
-            raise DataError(f"train_size {size} must be between 1 and the {rows.size} rows to index")
+            raise DataError(f"train_size {size} must be between 1 and the {rows.size} rows to index (CLI: "
+                            "--train-size)")
+        if nlist is not None and size < nlist:  # said here, where the rows and --train-size are known
+            more = (f" or sample more of the {rows.size} rows (--train-size; API: train_size=)"
+                    if size < rows.size else "")
+            fewer = re.sub(r"IVF\d+", f"IVF{max(1, size // 39)}", str(bfactory), count=1)
+            raise DataError(f"index {bfactory!r} has {nlist} IVF lists and trains on {size} rows; it needs at least "
+                            f"one row per list (faiss recommends 39): use fewer lists (--factory {fewer!r}){more}")
         pick = np.sort(np.random.default_rng(seed).choice(rows.size, size=size, replace=False))
         train = np.asarray(x[rows[pick]])  # sorted rows: sequential reads from a memory map
     common = dict(nprobe=nprobe, ef_search=ef_search, modalities=modalities, model=meta.get("model"),

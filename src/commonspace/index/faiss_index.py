@@ -128,7 +128,10 @@ class _Index:
         raise NotImplementedError
 
     def _raw_search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._index.search(x, k)
+        try:
+            return self._index.search(x, k)
+        except (RuntimeError, TypeError, OverflowError) as exc:  # faiss's SWIG/C++ text is no message
+            raise DataError(f"searching the {self.factory!r} index failed: {_faiss_msg(exc)}") from exc
 
     def _missing_value(self) -> float | int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -200,9 +203,8 @@ class _Index:
     def _search_prepared(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.ntotal == 0:
             raise DataError("the index is empty; add vectors before searching")
-        if int(k) < 1:
-            raise DataError(f"k must be >= 1, got {k}")
-        k = min(int(k), self.ntotal)
+        k = _check_k(k)
+        k = min(k, self.ntotal)
         vals, pos = self._raw_search(x, k)
         missing = pos < 0
         ids = np.where(missing, -1, self._ids[np.where(missing, 0, pos)])
@@ -213,7 +215,7 @@ class _Index:
 
     def positions(self, ids: object) -> np.ndarray:
         """Row positions of the given ids in the index; an error names ids that are not stored."""
-        q = _numpy(ids, "ids").reshape(-1).astype(np.int64)
+        q = _id_array(ids, "ids")
         if self._lookup is None:
             order = np.argsort(self._ids, kind="stable")
             self._lookup = (order, self._ids[order])
@@ -221,7 +223,9 @@ class _Index:
         at = np.searchsorted(sorted_ids, q).clip(max=max(0, sorted_ids.size - 1))
         found = (sorted_ids.size > 0) & (sorted_ids[at] == q) if sorted_ids.size else np.zeros(q.shape, bool)
         if not np.all(found):
-            raise DataError(f"ids not in the index: {q[~found][:5].tolist()}")
+            held = (f"it holds {sorted_ids.size} ids from {int(sorted_ids[0])} to {int(sorted_ids[-1])}"
+                    if sorted_ids.size else "it is empty")
+            raise DataError(f"ids not in the index: {q[~found][:5].tolist()}; {held}")
         return order[at]
 
     def reconstruct(self, ids: object) -> np.ndarray:
@@ -245,13 +249,18 @@ class _Index:
         The item itself is normally the first hit; ``exclude_self=True`` drops it (k results remain).
         For lossy encodings (PQ, SQ) the query is the reconstruction, so it is approximate.
         """
-        q_ids = np.atleast_1d(_numpy(item_id, "item_id")).astype(np.int64)
+        k = _check_k(k)  # before the lookup: k=0 is not "the index holds only that item"
+        q_ids = _id_array(item_id, "item_id")
+        if q_ids.size == 0:
+            raise DataError("no stored item to query by: give at least one id (CLI: --ids 3,17)")
         x = self.reconstruct(q_ids)
         if not exclude_self:
             return self._search_prepared(x, k)
-        k = min(int(k), self.ntotal - 1)
-        if k < 1:
-            raise DataError("exclude_self leaves nothing to return: the index holds only that item")
+        if self.ntotal < 2:
+            raise DataError(f"the index holds only item {int(self._ids[0])}, and a query by id leaves the item "
+                            "itself out (API: exclude_self=True): no neighbour is left; add items, or query by "
+                            "vector (--queries)")
+        k = min(k, self.ntotal - 1)
         vals, ids = self._search_prepared(x, k + 1)
         keep = ids != q_ids[:, None]
         # rows where the item was not found among k+1 keep their first k hits
@@ -259,20 +268,30 @@ class _Index:
         return vals[keep].reshape(len(q_ids), k), ids[keep].reshape(len(q_ids), k)
 
     # ------------------------------------------------------------- tuning
-    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """IVF ``nprobe`` (lists visited) and HNSW ``efSearch`` (candidate list size); saved with the index."""
+    def _check_search_params(self, nprobe: object, ef_search: object) -> tuple[int | None, int | None]:
+        """Both as ints faiss can take (size_t / int): anything else gets its C++ signature as the message."""
         if nprobe is not None:
             ivf = self._ivf()
             if ivf is None:
                 raise DataError(f"nprobe applies to IVF indexes; {self.factory!r} is not one")
-            ivf.nprobe = int(nprobe)
-            self.meta["nprobe"] = int(nprobe)
+            nprobe = _check_count(nprobe, "nprobe (CLI: --nprobe)", 2**63 - 1,
+                                  f"(the index has {ivf.nlist} lists; nprobe={ivf.nlist} visits them all)")
         if ef_search is not None:
-            h = self._hnsw()
-            if h is None:
+            if self._hnsw() is None:
                 raise DataError(f"ef_search applies to HNSW indexes; {self.factory!r} is not one")
-            h.efSearch = int(ef_search)
-            self.meta["ef_search"] = int(ef_search)
+            ef_search = _check_count(ef_search, "ef_search", 2**31 - 1, "(HNSW's candidate list: 16 to 512 is "
+                                     "usual)")
+        return nprobe, ef_search
+
+    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """IVF ``nprobe`` (lists visited) and HNSW ``efSearch`` (candidate list size); saved with the index."""
+        nprobe, ef_search = self._check_search_params(nprobe, ef_search)
+        if nprobe is not None:
+            self._ivf().nprobe = nprobe
+            self.meta["nprobe"] = nprobe
+        if ef_search is not None:
+            self._hnsw().efSearch = ef_search
+            self.meta["ef_search"] = ef_search
 
     def _hnsw(self) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -287,7 +306,8 @@ class _Index:
         arrays = {"faiss_index": self._serialize(), "ids": self._ids,
                   "meta": np.array(json.dumps(meta, default=str), dtype=str)}
         # uncompressed: float vectors barely compress and a 256 MB index would take seconds to deflate
-        return atomic_write(path, lambda fh: write_npz(fh, arrays, compress=False))
+        needed = sum(a.nbytes for a in arrays.values()) + 4096  # for the one-line message on a full disk
+        return atomic_write(path, lambda fh: write_npz(fh, arrays, compress=False), needed)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> _Index:
@@ -299,10 +319,58 @@ class _Index:
 
 
 def _faiss_msg(exc: BaseException) -> str:
-    """The useful last line of a faiss C++ error."""
+    """The useful last line of a faiss C++ error, without SWIG's signature text."""
+    import re
+
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     msg = lines[-1] if lines else str(exc)
-    return msg.split(": Error: ")[-1] if ": Error: " in msg else msg
+    msg = msg.split(": Error: ")[-1] if ": Error: " in msg else msg
+    # "in method 'IndexFlat_search', argument 3 of type 'faiss::idx_t'": C++ names, no use to the reader
+    sig = re.search(r"in method '\w+', argument \d+ of type '([^']+)'", msg)
+    if sig:
+        what = "a value out of range" if isinstance(exc, OverflowError) else "an argument of the wrong type"
+        return f"faiss got {what} (it expects {sig.group(1).replace('faiss::', '')})"
+    return msg or type(exc).__name__
+
+
+def _whole(v: object) -> int | None:
+    """``v`` as an int when it is a whole number (10 or 10.0, not True or 1.5), else None."""
+    if isinstance(v, bool | np.bool_):
+        return None
+    if isinstance(v, int | np.integer):
+        return int(v)
+    return int(v) if isinstance(v, float | np.floating) and float(v).is_integer() else None
+
+
+def _check_k(k: object) -> int:
+    """``k`` as a positive int; the CLI option is ``--k``."""
+    kk = _whole(k)
+    if kk is None or kk < 1:
+        raise DataError(f"k (CLI: --k) must be an integer >= 1, got {k!r}")
+    return kk
+
+
+def _check_count(v: object, name: str, top: int, hint: str) -> int:
+    """A faiss search parameter: an integer in [1, top]."""
+    vv = _whole(v)
+    if vv is None or not 1 <= vv <= top:
+        raise DataError(f"{name} must be an integer from 1 to {top}, got {v!r} {hint}")
+    return vv
+
+
+def _id_array(ids: object, what: str) -> np.ndarray:
+    """Query ids as int64: integers only (1.5 is not rounded to 1), and within int64."""
+    try:
+        a = np.atleast_1d(_numpy(ids, what)).reshape(-1)
+    except OverflowError as exc:
+        raise DataError(f"{what}: ids must be integers from 0 to {2**63 - 1}") from exc
+    if a.size and a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+        a = a.astype(np.int64)
+    if a.size and a.dtype.kind not in "iu":
+        raise DataError(f"{what}: ids must be integers, got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.size and int(a.max()) > 2**63 - 1:
+        raise DataError(f"{what}: ids must be integers from 0 to {2**63 - 1}")
+    return a.astype(np.int64)
 
 
 class EmbeddingIndex(_Index):
@@ -344,6 +412,7 @@ class EmbeddingIndex(_Index):
              "modalities": list(modalities) if modalities is not None else None, "model": model,
              "extra": dict(meta or {})}
         self = cls(index, np.zeros(0, np.int64), m)
+        self._check_search_params(nprobe, ef_search)  # before training: a refusal costs nothing
         t = None if train_vectors is None else _float_rows(train_vectors, "train_vectors", x.shape[1], metric)
         self._train_and_add(x, t, _check_ids(ids, x.shape[0], 0))
         self.set_search_params(nprobe, ef_search)
@@ -440,6 +509,7 @@ class BinaryIndex(_Index):
              "modalities": list(modalities) if modalities is not None else None, "model": model,
              "extra": dict(meta or {})}
         self = cls(index, np.zeros(0, np.int64), m)
+        self._check_search_params(nprobe, ef_search)  # before training: a refusal costs nothing
         t = None
         if train_codes is not None:
             t, _ = _code_rows(train_codes, "train_codes", self, packed, n_bits)
@@ -528,11 +598,9 @@ def load_index(path: str | os.PathLike) -> EmbeddingIndex | BinaryIndex:
         raw, ids, meta = z["faiss_index"], z["ids"].astype(np.int64), json.loads(str(z["meta"]))
     except (ValueError, TypeError) as exc:
         raise DataError(f"{p}: not a readable index file ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise DataError(f"{p}: not a commonspace index file (format {meta.get('format')!r})")
-    if meta.get("version", 0) > VERSION:
-        raise DataError(f"{p}: index format version {meta['version']} is newer than this commonspace "
-                        f"({VERSION}); upgrade commonspace")
+    from commonspace.data.meta import check_index
+
+    meta = check_index(meta, p, format=FORMAT, version=VERSION)  # every key the index reads, typed, by kind
     kind = meta.pop("kind")
     ntotal = meta.pop("ntotal")
     for key in ("format", "version"):

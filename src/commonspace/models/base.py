@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from commonspace.data.dataset import Batch, DataError, MultimodalDataset
 
-__all__ = ["MultimodalModel", "Stage", "available_models", "create", "create_for_data", "model_class", "per_modality",
-           "register"]
+__all__ = ["MultimodalModel", "Stage", "available_memory", "available_models", "check_fits", "create",
+           "create_for_data", "model_class", "per_modality", "register"]
 
 
 @dataclass
@@ -309,15 +309,102 @@ def check_hparams(cls: type[MultimodalModel], hparams: Mapping[str, Any]) -> Non
                             f"got {v!r}")
 
 
+# ------------------------------------------------------------------------------ memory estimate
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            raw = f.read().strip()
+    except OSError:
+        return None
+    return int(raw) if raw.isdigit() else None  # cgroup's "max" means no limit
+
+
+def available_memory(device: str | torch.device = "cpu") -> int | None:
+    """Bytes a new allocation may take on ``device``, or None where that cannot be told.
+
+    CPU: the kernel's MemAvailable plus free swap, capped by a cgroup v2 memory limit (containers); CUDA: the
+    device's free memory. Tests patch this function to pin the limit.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0])
+        except (RuntimeError, AssertionError):
+            return None
+    if dev.type != "cpu":
+        return None
+    info: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    info[key] = int(parts[0]) * 1024
+    except OSError:
+        return None
+    if "MemAvailable" not in info:
+        return None
+    free = info["MemAvailable"] + info.get("SwapFree", 0)
+    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        free = min(free, max(limit - used, 0))
+    return free
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _meta_bytes(cls: type[MultimodalModel], dims: Mapping[str, Any], hparams: Mapping[str, Any]) -> int | None:
+    """Bytes of the model's parameters and buffers, from a build on the meta device (allocates nothing).
+
+    None when the constructor cannot run on the meta device (it reads values, calls numpy, ...): the real
+    build then goes ahead unchecked, and raises its own errors for bad hyper-parameters.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), torch.device("meta"):
+            warnings.simplefilter("ignore")  # the real build shows the constructor's warnings, once
+            model = cls(dims, **hparams)
+    except Exception:  # any failure is the real build's to report
+        return None
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def check_fits(nbytes: int, what: str, fix: str, device: str | torch.device = "cpu") -> None:
+    """Refuse ``nbytes`` more than ``device`` has free, naming the estimate, the limit and ``fix``."""
+    limit = available_memory(device)
+    if limit is not None and nbytes > limit:
+        where = "on the CPU (RAM + swap)" if torch.device(device).type == "cpu" else f"on {device}"
+        raise DataError(f"{what} would take about {_gib(nbytes)}, more than the {_gib(limit)} of memory free "
+                        f"{where}; {fix}")
+
+
 def create(name: str, dims: Mapping[str, Iterable[int] | int], *, init_seed: int | None = None,
            **hparams: Any) -> MultimodalModel:
     """Build a registered model: ``create("bidnn", dims={"image": 128, "text": 10}, hidden=200)``.
 
     ``init_seed`` draws the initial weights from that seed without touching the global RNG, so the same
-    seed gives the same weights whatever ran before (None: the global RNG, as plain torch does).
+    seed gives the same weights whatever ran before (None: the global RNG, as plain torch does). The
+    weights' size is estimated first (a build on the meta device) and a model that cannot fit in the free
+    memory is refused before anything is allocated.
     """
     cls = model_class(name)
     check_hparams(cls, hparams)
+    nbytes = _meta_bytes(cls, dims, hparams)
+    if nbytes is not None:
+        given = ", ".join(f"{k}={v!r}" for k, v in hparams.items() if isinstance(v, int | list | dict)
+                          and not isinstance(v, bool))
+        check_fits(nbytes, f"the weights of model {name!r}" + (f" ({given})" if given else ""),
+                   "make it smaller with --set (API: smaller hyper-parameters), e.g. fewer hidden units")
     try:
         if init_seed is None:
             return cls(dims, **hparams)
@@ -336,5 +423,9 @@ def create_for_data(name: str, data: MultimodalDataset, *, init_seed: int | None
     if cls.supervised and data.labels is None:
         raise DataError(f"model {name!r} is supervised and needs class labels, but the data {data.name!r} has none; "
                         "give the data labels or use an unsupervised model")
+    if cls.supervised and data.labels is not None:
+        from commonspace.data.labels import check_class_ids
+
+        check_class_ids(data.labels)  # before the model reads a class count off them: one outlier id is GBs
     filled = {k: v for k, v in cls.hparams_from_data(data).items() if k not in hparams}
     return create(name, data.dims, init_seed=init_seed, **filled, **hparams)

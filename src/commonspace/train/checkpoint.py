@@ -148,30 +148,45 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     so a killed writer never leaves a half-written one behind. The temporary name carries the writer's pid and
     host, so leftovers of killed writers are swept while another live writer's folder is left alone.
     """
+    from commonspace.data.io import disk_error, exchange
+
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        if _is_stale(stale, target.name, now):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = _make_temp_dir(target.parent, f".{target.name}.tmp-{os.getpid()}-{_host_tag()}-")
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            if _is_stale(stale, target.name, now):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = _make_temp_dir(target.parent, f".{target.name}.tmp-{os.getpid()}-{_host_tag()}-")
         os.chmod(tmp, _umask_mode(0o777))
         yield tmp
         _fsync_path(tmp)
         old = _old(target)
-        if target.exists():
-            # target is complete, so an older copy is redundant; keep target reachable as .old meanwhile
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-        # if target was missing, .old (if any) is the last complete copy until the next line succeeds
-        os.replace(tmp, target)
+        if target.is_dir() and exchange(tmp, target):
+            pass  # swapped in one step; the previous directory, now under the temp name, goes below
+        else:
+            if target.exists():
+                # target is complete, so an older copy is redundant; keep target reachable as .old meanwhile
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(target, old)
+            # if target was missing, .old (if any) is the last complete copy until the next line succeeds
+            os.replace(tmp, target)
         _fsync_path(target.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
         if old.exists():
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        written = 0
+        if tmp is not None:
+            written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.is_dir() else 0
+            shutil.rmtree(tmp, ignore_errors=True)
+        # a full or read-only disk (an OSError, or safetensors' SafetensorError) is one line, not a traceback
+        err = (disk_error(exc, target, written or None, at_least=True)
+               if isinstance(exc, (OSError, SafetensorError)) else None)
+        if err is not None:
+            raise err from exc
         raise
 
 

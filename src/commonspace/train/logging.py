@@ -6,7 +6,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from commonspace.train.checkpoint import write_text_atomic
 
@@ -34,6 +34,16 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def _disk(exc: OSError, path: Path) -> NoReturn:
+    """Re-raise ``exc`` (being handled) as one line when it is a full or read-only disk."""
+    from commonspace.data.io import disk_error
+
+    err = disk_error(exc, path)
+    if err is None:
+        raise exc
+    raise err from exc
+
+
 class RunLogger:
     """Writes ``out_dir/log.jsonl`` and, optionally, TensorBoard scalars. Inactive when ``out_dir`` is None."""
 
@@ -45,6 +55,7 @@ class RunLogger:
             lines = "".join(json.dumps(_clean(r)) + "\n" for r in history or [])
             write_text_atomic(self.path, lines)
             self._f = open(self.path, "a", encoding="utf-8")
+            self._failed = False
         if tensorboard:
             writer_cls = require_tensorboard()
             if out_dir is None:
@@ -55,8 +66,12 @@ class RunLogger:
 
     def log(self, record: dict[str, Any], step: int) -> None:
         if self.path is not None:
-            self._f.write(json.dumps(_clean(record)) + "\n")
-            self._f.flush()
+            try:
+                self._f.write(json.dumps(_clean(record)) + "\n")
+                self._f.flush()
+            except OSError as exc:
+                self._failed = True
+                _disk(exc, self.path)
         if self.writer is not None:
             for k, v in record.get("train", {}).items():
                 self.writer.add_scalar(f"train/{k}", v, step)
@@ -73,7 +88,11 @@ class RunLogger:
 
     def close(self) -> None:
         if self.path is not None and not self._f.closed:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError as exc:
+                if not self._failed:  # else already reported: the buffered line failed again
+                    _disk(exc, self.path)
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from commonspace.data.dataset import DataError, MultimodalDataset, Standardizer
-from commonspace.models.base import MultimodalModel, Stage
+from commonspace.data.dataset import DataError, DataWarning, LazyArray, MultimodalDataset, Standardizer
+from commonspace.data.labels import single_class
+from commonspace.models.base import MultimodalModel, Stage, check_fits
 from commonspace.train.checkpoint import (
+    FIX_RESUME,
     CheckpointError,
     apply_state,
     check_compatible,
@@ -42,6 +48,69 @@ Callback = Callable[["Trainer", dict[str, Any]], None]
 
 _STATE_VERSION = 1
 _TIMING_KEYS = frozenset({"seconds", "samples_per_s"})
+#: an in-memory array up to this size is hashed whole for the run fingerprint; larger ones and arrays on disk
+#: by a fixed sample of rows (plus column sums for in-memory ones), so a fingerprint never reads a whole dataset
+_HASH_WHOLE_BYTES = 64 << 20
+_HASH_ROWS = 1024
+
+
+def _hash_array(h: Any, tag: str, t: Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{tag}:{t.dtype}:{tuple(t.shape)};".encode())
+    if t.numel():
+        h.update(memoryview(t.numpy().reshape(-1).view(np.uint8)))
+
+
+def _manifest(data: MultimodalDataset) -> list[list[str]] | None:
+    """The sha256 that a dataset folder's meta.json records for the feature files in use (None: not a folder)."""
+    folder = data.meta.get("folder") if isinstance(data.meta, dict) else None
+    if not folder:
+        return None
+    try:
+        files = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8")).get("files", {})
+        return [[f"x_{m}.npy", str(files[f"x_{m}.npy"]["sha256"])] for m in data.modalities]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # unreadable: the sampled rows still count
+        return None
+
+
+def content_digest(data: MultimodalDataset, indices: Sequence[Tensor | None] = ()) -> str:
+    """A cheap SHA-256 of the data's content: features, mask, labels and ``indices`` (the split rows used).
+
+    In-memory arrays up to 64 MiB are hashed whole; larger ones, and modalities read from disk, by the same
+    1024 seeded rows (first and last included) plus, in memory, their column sums. A dataset folder adds the
+    sha256 of its feature files from meta.json. Changing any sampled value changes the digest, so a resume on
+    replaced data of the same shape is refused.
+    """
+    h = hashlib.sha256()
+    n = data.n
+    g = torch.Generator().manual_seed(0)
+    rows = torch.unique(torch.cat([torch.tensor([0, n - 1]), torch.randint(0, n, (_HASH_ROWS,), generator=g)]))
+    batch = None
+
+    def put(tag: str, t: Tensor) -> None:
+        if t.numel() * t.element_size() <= _HASH_WHOLE_BYTES or t.shape[0] != n:
+            _hash_array(h, tag, t)
+        else:
+            _hash_array(h, f"{tag}[rows]", t.index_select(0, rows))
+            _hash_array(h, f"{tag}.sum", t.reshape(n, -1).sum(0, dtype=torch.float64))
+
+    for m, x in data._store().items():
+        if isinstance(x, LazyArray):
+            batch = batch if batch is not None else data.batch(rows)
+            _hash_array(h, f"x_{m}[rows]", batch.features[m])
+        else:
+            put(f"x_{m}", x)
+    put("mask", data.mask)
+    if data.labels is not None:
+        put("labels", data.labels)
+    for i, idx in enumerate(indices):
+        # larger index sets are in the fingerprint as count and sum
+        if idx is not None and idx.numel() * 8 <= _HASH_WHOLE_BYTES:
+            _hash_array(h, f"idx{i}", idx.to(torch.int64))
+    manifest = _manifest(data)
+    if manifest is not None:
+        h.update(json.dumps(manifest).encode())
+    return h.hexdigest()
 
 
 def _normalise(obj: Any) -> Any:
@@ -90,6 +159,10 @@ class Trainer:
         self.global_step = 0
         #: a callback may set this to end the current stage after the epoch (like early stopping)
         self.stop_stage = False
+        #: what fit() decided before training (e.g. ``"resumed at epoch 2 of 5 ..."``), also logged at INFO;
+        #: filled before ``on_ready`` is called, so the CLI prints them there
+        self.notes: list[str] = []
+        self._wrote_checkpoint = False  # by the current fit: what a diverged fresh run removes
 
     # ================================================================== public
     @property
@@ -116,10 +189,14 @@ class Trainer:
     def _fit(self, data: MultimodalDataset, train: str, val: str | None, resume: bool,
              on_ready: Callable[[], None]) -> list[dict[str, Any]]:
         cfg, model = self.config, self.model
+        self.notes = []
         # ---- everything that can fail on bad input fails here, before any training
         if not isinstance(data, MultimodalDataset):
             raise DataError(f"fit needs a MultimodalDataset, got {type(data).__name__}")
         model.check_data(data)
+        one_class = single_class(data.labels) if self.dist.main else None
+        if one_class is not None:
+            warnings.warn(one_class, DataWarning, stacklevel=3)
         if cfg.tensorboard:
             if cfg.out_dir is None:
                 raise ValueError("tensorboard=True needs out_dir (event files go to out_dir/tensorboard)")
@@ -139,13 +216,16 @@ class Trainer:
                             f"validation split {val!r}; the data has splits {sorted(data.splits)}. Add one, pass "
                             "val=<split>, or set patience=None")
         self.device = self._resolve_device()
+        if model.trainable:
+            self._check_memory()
         model.to(self.device)
         if not model.trainable:
             on_ready()
             return self._fit_closed_form(data, train, val_metric_idx)
 
         stages = self._check_stages(model.stages())
-        run = self._fingerprint(data, train, val, train_idx, val_loss_idx, stages)
+        # only a checkpoint records or checks it; without out_dir the data's sampled rows are not read for it
+        run = self._fingerprint(data, train, val, train_idx, val_loss_idx, stages) if cfg.out_dir is not None else {}
         out_dir = cfg.out_dir
         main = self.dist.main
 
@@ -159,6 +239,7 @@ class Trainer:
         ckpt = read_training_checkpoint(out_dir / "checkpoint") if (resume and out_dir is not None) else None
         if ckpt is not None:
             self._check_resumable(ckpt.header, ckpt.state, run, out_dir)
+            ckpt.state["run"] = run  # a checkpoint from before content hashes records one from now on
             apply_state(model, {k: v.to(self.device) for k, v in ckpt.weights.items()},
                         source=f"checkpoint {ckpt.path}")
             state = ckpt.state
@@ -171,27 +252,43 @@ class Trainer:
                 set_rng_state(*ckpt.rng)
             else:  # only rank 0's RNG is saved; other ranks continue from a stream fixed by the step
                 seed_everything(cfg.seed + self.dist.rank + 1_000_003 * int(state["global_step"]))
+            self._note(self._resumed_at(state, stages, ckpt.path))
         else:
             seed_everything(cfg.seed + self.dist.rank)  # per-rank dropout masks; shuffling is shared
         on_ready()
         self.history = list(state["history"])
         self.global_step = int(state["global_step"])
 
+        fresh = ckpt is None
+        self._wrote_checkpoint = False
+        had_tensorboard = out_dir is not None and (out_dir / "tensorboard").exists()
         logger = RunLogger(out_dir if main else None, cfg.tensorboard and main, self.history)
         flags = {id(p): p.requires_grad for p in model.parameters()}
         was_training = model.training
         try:
-            with Progress(cfg.progress and main) as bar:
-                for si in range(int(state["stage_index"]), len(stages)):
-                    self._run_stage(si, stages[si], state, data, train_idx, val_loss_idx, val_metric_idx, track,
-                                    best_weights, opt_state, logger, bar)
-                    best_weights, opt_state = None, None  # a resumed stage's leftovers never reach the next one
-        finally:
-            logger.close()
-            for p in model.parameters():
-                p.requires_grad_(flags.get(id(p), True))
-            model.train(was_training)
-            self.optimizers = {}
+            try:
+                with Progress(cfg.progress and main) as bar:
+                    for si in range(int(state["stage_index"]), len(stages)):
+                        self._run_stage(si, stages[si], state, data, train_idx, val_loss_idx, val_metric_idx,
+                                        track, best_weights, opt_state, logger, bar)
+                        best_weights, opt_state = None, None  # a resumed stage's leftovers never reach the next
+            finally:
+                logger.close()
+                for p in model.parameters():
+                    p.requires_grad_(flags.get(id(p), True))
+                model.train(was_training)
+                self.optimizers = {}
+        except FloatingPointError as exc:
+            if out_dir is None:
+                raise
+            if fresh:  # nothing of it is worth keeping: the same settings would diverge again
+                if main:
+                    self._discard_run(out_dir, keep_tensorboard=had_tensorboard or not cfg.tensorboard)
+                then = f"removed this run's files from {out_dir}"
+            else:  # written before this fit: a complete checkpoint of the last good epoch, left as it was
+                then = (f"{out_dir / 'checkpoint'} keeps the last checkpointed epoch; with a lower --lr "
+                        f"{FIX_RESUME}")
+            raise FloatingPointError(f"{exc}; {then}") from None
         model.set_stage(None)
         if main and out_dir is not None:
             save_model(out_dir / "model", model, self.standardizer, self._final_meta())
@@ -267,6 +364,47 @@ class Trainer:
                 loss_idx = None
         return loss_idx, idx
 
+    def _check_memory(self) -> None:
+        """Refuse a model whose gradients and optimizer moments cannot fit, before any of them is allocated."""
+        cfg = self.config
+        params = _unique([p for p in self.model.parameters() if p.requires_grad])
+        nbytes = sum(p.numel() * p.element_size() for p in params)
+        moments = 2 if cfg.optimizer == "adam" else int(cfg.momentum > 0)
+        parts = ["gradients"] + {2: ["Adam's two moments"], 1: ["SGD's momentum"], 0: []}[moments]
+        copies = 1 + moments
+        if self.device.type != "cpu":  # the weights move there too (on the CPU they are already allocated)
+            copies += 1
+            parts.append("the weights")
+        check_fits(nbytes * copies, f"training model {self.model.name!r} ({' and '.join(parts)} of "
+                   f"{sum(p.numel() for p in params)} parameters)",
+                   "make the model smaller with --set (API: smaller hyper-parameters), or use --optimizer sgd",
+                   self.device)
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        log.info("%s", text)
+
+    def _resumed_at(self, state: dict[str, Any], stages: list[Stage], path: Path) -> str:
+        """``resumed at epoch N of M``: N epochs of the current stage are done, M is its planned length."""
+        si = int(state["stage_index"])
+        if si >= len(stages):
+            done = sum(1 for r in state.get("history", []) if r.get("stage") == stages[-1].name)
+            return (f"resumed at epoch {done} of {done} from {path}: the run had finished, nothing left to train; "
+                    "saved the model again")
+        stage = stages[si]
+        planned = stage.epochs if stage.epochs is not None else self.config.epochs
+        where = f" of stage {stage.name!r} ({si + 1} of {len(stages)})" if len(stages) > 1 else ""
+        return f"resumed at epoch {int(state['epoch'])} of {planned}{where} from {path}"
+
+    def _discard_run(self, out_dir: Path, keep_tensorboard: bool) -> None:
+        """After a diverged fresh run: remove what it wrote (log, its checkpoints, its event files)."""
+        (out_dir / "log.jsonl").unlink(missing_ok=True)
+        if self._wrote_checkpoint:
+            for name in ("checkpoint", "checkpoint.old"):
+                shutil.rmtree(out_dir / name, ignore_errors=True)
+        if not keep_tensorboard:
+            shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+
     def _check_stages(self, stages: Sequence[Stage]) -> list[Stage]:
         if not stages:
             raise ValueError(f"model {self.model.name!r} returned no training stages from stages()")
@@ -298,27 +436,40 @@ class Trainer:
             "stages": [[s.name, len(_unique(s.parameters)), s.epochs, s.lr] for s in stages],
             "data": {"samples": data.n, "dims": {m: list(d) for m, d in data.dims.items()},
                      "train": [train, int(train_idx.numel()), int(train_idx.sum())],
-                     "val": None if val_idx is None else [val, int(val_idx.numel()), int(val_idx.sum())]},
+                     "val": None if val_idx is None else [val, int(val_idx.numel()), int(val_idx.sum())],
+                     "content": content_digest(data, (train_idx, val_idx))},
         })
 
     def _check_resumable(self, header: dict[str, Any], state: dict[str, Any], run: dict[str, Any],
                          out_dir: Path) -> None:
-        fix = f"use a new out_dir or fit(..., resume=False) to start over in {out_dir}"
+        """Refuse a checkpoint of another model, settings or data, naming what changed and how to start over."""
+        fix, where = FIX_RESUME, out_dir / "checkpoint"
         check_compatible(header["model"], header["config"], self.model, fix=fix)
         old = state.get("run", {})
-        if old != run:
-            diffs = []
-            for key in sorted(set(old) | set(run)):
-                a, b = old.get(key), run.get(key)
-                if a == b:
-                    continue
-                if isinstance(a, dict) and isinstance(b, dict):
-                    diffs += [f"{key}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                              if a.get(k) != b.get(k)]
-                else:
-                    diffs.append(f"{key}: {a!r} -> {b!r}")
-            raise CheckpointError(f"{out_dir / 'checkpoint'} belongs to a different run (changed: "
-                                  f"{'; '.join(diffs[:6])}); {fix}")
+        old_data = old.get("data")
+        legacy = isinstance(old_data, dict) and "content" not in old_data
+        if legacy:  # written before content hashes: everything else must match, the data itself cannot be checked
+            old = {**old, "data": {**old_data, "content": run["data"]["content"]}}
+        diffs = []
+        for key in sorted(set(old) | set(run)):
+            a, b = old.get(key), run.get(key)
+            if a == b:
+                continue
+            if isinstance(a, dict) and isinstance(b, dict):
+                diffs += [f"{key}.{k}" + ("" if k == "content" else f": {a.get(k)!r} -> {b.get(k)!r}")
+                          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            else:
+                diffs.append(f"{key}: {a!r} -> {b!r}")
+        if diffs == ["data.content"]:
+            raise CheckpointError(f"{where} was trained on other data: this data has the same sizes and splits but "
+                                  f"other content (feature values, mask or labels differ); {fix}")
+        if diffs:
+            shown = [d for d in diffs if d != "data.content"] + (["the data's content"] if "data.content" in diffs
+                                                                 else [])
+            raise CheckpointError(f"{where} belongs to a different run (changed: {'; '.join(shown[:6])}); {fix}")
+        if legacy:
+            warnings.warn(f"{where} predates data content hashes, so whether the data changed since cannot be "
+                          f"checked; resuming on it (if the data changed, {fix})", DataWarning, stacklevel=4)
 
     # ================================================================ training
     def _make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -449,6 +600,7 @@ class Trainer:
         if not self.dist.main or out_dir is None:
             return
         mid = state["optimizer_stage"] is not None
+        self._wrote_checkpoint = True  # set first: a write that fails halfway is this run's to remove too
         save_training_checkpoint(out_dir / "checkpoint", model=self.model, state=state,
                                  optimizer=self.optimizers if mid else None, best=best_weights if mid else None,
                                  rng=get_rng_state(), meta={"stage": stage.name})
@@ -515,10 +667,11 @@ class Trainer:
             dist.all_reduce(packed)
         means = {k: float(packed[i] / packed[-1]) for i, k in enumerate(keys)}
         if not math.isfinite(means["total"]):
+            stage = f" of stage {model.stage!r}" if model.stage not in (None, "main") else ""
             raise FloatingPointError(
-                f"the training loss became {means['total']} in stage {si} epoch {ep + 1} (terms: {means}); lower "
-                f"the learning rate (lr={optimizers[0].param_groups[0]['lr']}), set grad_clip, or standardise the "
-                "features")
+                f"the training loss diverged (became {means['total']}) in epoch {ep + 1}{stage}; lower the learning "
+                f"rate (--lr, now {optimizers[0].param_groups[0]['lr']:g}; API: TrainConfig(lr=...)), clip "
+                "gradients (API: grad_clip) or standardise the features")
         return means, samples, seconds
 
     def _validate(self, data: MultimodalDataset, loss_idx: Tensor | None,
