@@ -18,6 +18,7 @@ from commonspace.eval.robustness import probe_rows, robustness
 from commonspace.index import EmbeddingIndex
 from commonspace.index.faiss_index import _faiss_msg
 from commonspace.models.base import create
+from helpers_disk import small_tmpfs
 
 runner = CliRunner()
 
@@ -239,22 +240,10 @@ def test_evaluate_split_all_notes_the_rows_left_out_of_the_probe(runs: dict[str,
 
 
 def test_output_on_a_read_only_disk_is_refused_before_the_work(runs: dict[str, Path], tmp_path: Path) -> None:
-    import os
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "ro", size="1m", read_only=True) as ro:
         _one_line(_run("evaluate", "--model", runs["run"], "--data", runs["data"], "--json", ro / "r.json"),
                   "--json", "read-only file system")
         _one_line(_run("index", "build", "--embeddings", runs["emb"], "--out", ro / "i.npz"), "--out",
                   "read-only file system")
         _one_line(_run("embed", "--model", runs["run"], "--data", runs["data"], "--out", f"{ro / 'e'}/"),
                   "--out", "read-only file system")
-    finally:
-        subprocess.run(["umount", str(ro)], check=False)

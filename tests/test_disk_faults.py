@@ -24,6 +24,7 @@ from commonspace.data.embedfiles import read_embeddings_folder, write_embeddings
 from commonspace.data.folder import open_folder, write_folder
 from commonspace.data.io import DiskError, atomic_write, disk_error, recover_replaced, sweep_replaced
 from commonspace.data.resolve import resolve_data
+from helpers_disk import small_tmpfs
 
 runner = CliRunner()
 DEAD = 2**30  # beyond any pid_max: a writer that is certainly gone
@@ -215,17 +216,8 @@ def test_a_stray_old_symlink_is_restored_or_unlinked(tmp_path: Path) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MB tmpfs at ``tmp_path/disk``, unmounted afterwards."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
-    try:
+    with small_tmpfs(tmp_path / "disk") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def _read_only(disk: Path) -> None:
