@@ -35,7 +35,7 @@ from numpy.lib import format as npformat
 from numpy.lib.format import open_memmap
 
 from commonspace.data.dataset import DataError, PageBudget, release_pages
-from commonspace.data.io import DiskError, _np
+from commonspace.data.io import _np, raise_if_disk_error
 
 __all__ = ["FORMAT", "EmbeddingWriter", "embedding_kind", "is_embeddings_folder", "read_embeddings_folder",
            "write_embeddings"]
@@ -90,8 +90,8 @@ class EmbeddingWriter:
     """
 
     def __init__(self, path: str | os.PathLike, rows: int, meta: Mapping[str, Any] | None = None) -> None:
-        from commonspace.data.folder import _staging_dir, _sweep_stale_dirs
-        from commonspace.data.io import resolve_link
+        from commonspace.data.folder import _staging_dir
+        from commonspace.data.io import resolve_link, sweep_replaced
 
         self._tmp: Path | None = None
         self.kind = embedding_kind(path)
@@ -107,7 +107,7 @@ class EmbeddingWriter:
             except ImportError as exc:
                 raise DataError(f"{self.path}: writing .parquet needs pyarrow; run `pip install pyarrow` (or "
                                 "`pip install commonspace[parquet]`), or write .npz or a folder instead") from exc
-        _sweep_stale_dirs(self.path)  # first: it may put back the folder a killed replacement hid
+        sweep_replaced(self.path)  # first: it may put back the folder a killed replacement hid
         self._replace = self._check_target()
         self._done = 0
         self._maps: dict[str, np.memmap] = {}
@@ -121,13 +121,9 @@ class EmbeddingWriter:
 
     def _disk(self, exc: OSError) -> NoReturn:
         """Drop what is staged; re-raise ``exc`` (being handled), as one line when it is a full or read-only disk."""
-        from commonspace.data.io import disk_error
-
         self.abort()  # first, so the free space the message shows is real
-        err = disk_error(exc, self.path, self._needed)
-        if err is None:
-            raise exc
-        raise err from exc
+        raise_if_disk_error(exc, self.path, self._needed)
+        raise exc
 
     def _check_target(self) -> bool:
         """Refuse targets that must not be replaced; True when an existing embeddings folder is to be replaced."""
@@ -238,12 +234,9 @@ class EmbeddingWriter:
                 del staged
             return self.path
         except OSError as exc:
-            try:
-                self._disk(exc)
-            except DiskError:
-                raise
-            except OSError:
-                raise DataError(f"{self.path}: cannot write the embeddings ({exc}); nothing was written") from exc
+            self.abort()
+            raise_if_disk_error(exc, self.path, self._needed)
+            raise DataError(f"{self.path}: cannot write the embeddings ({exc}); nothing was written") from exc
         finally:
             self.abort()
 

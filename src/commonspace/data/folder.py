@@ -115,14 +115,6 @@ def _write_features(path: Path, m: str, held: Any, dtype: str, step: int) -> dic
     return entry
 
 
-def _sweep_stale_dirs(out: Path) -> None:
-    """Remove temporary folders of ``out`` left by killed writers, first putting back an old copy a writer killed
-    mid-replacement hid (:func:`~commonspace.data.io.sweep_replaced`): the last copy is never deleted."""
-    from commonspace.data.io import sweep_replaced
-
-    sweep_replaced(out)
-
-
 def _check_target(out: Path, overwrite: bool) -> bool:
     """Refuse what must not be replaced; True when ``out`` exists and is not empty (to be replaced)."""
     if not out.parent.is_dir():
@@ -163,13 +155,13 @@ def write_folder(data_or_source: MultimodalDataset | str | os.PathLike, out_dir:
     """
     if dtype not in DTYPES:
         raise DataError(f"dtype {dtype!r} is not supported; use one of {list(DTYPES)}")
-    from commonspace.data.io import disk_error, resolve_link
+    from commonspace.data.io import raise_if_disk_error, resolve_link, sweep_replaced
 
     out = Path(out_dir).expanduser()
     if out.name in ("", ".", ".."):
         out = out.resolve()
     out = resolve_link(out)  # a symlinked folder: its target is replaced and the link stays valid
-    _sweep_stale_dirs(out)  # first: it may put back the folder a killed --overwrite hid
+    sweep_replaced(out)  # first: it may put back the folder a killed --overwrite hid
     replace_existing = _check_target(out, overwrite)
     data = _source(data_or_source, modalities, root)
     for s in data.splits:
@@ -212,9 +204,7 @@ def write_folder(data_or_source: MultimodalDataset | str | os.PathLike, out_dir:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)  # first, so the free space the message shows is real
             tmp = None
-        err = disk_error(exc, out, needed, option="OUT folder")
-        if err is not None:
-            raise err from exc
+        raise_if_disk_error(exc, out, needed, option="OUT folder")
         raise DataError(f"{out}: cannot write the dataset folder ({exc}); nothing was written") from exc
     finally:
         if tmp is not None:
@@ -223,7 +213,8 @@ def write_folder(data_or_source: MultimodalDataset | str | os.PathLike, out_dir:
 
 
 def _staging_dir(out: Path, suffix: str = ".tmp") -> Path:
-    """A new hidden sibling folder of ``out``, named so that :func:`_sweep_stale_dirs` removes it if its writer dies."""
+    """A new hidden sibling folder of ``out``, named so that :func:`~commonspace.data.io.sweep_replaced` removes it
+    if its writer dies."""
     from commonspace.data.io import _host_tag, _make_temp_dir
 
     return _make_temp_dir(out.parent, f".{out.name}.{os.getpid()}-{_host_tag()}.", suffix)

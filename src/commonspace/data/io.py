@@ -192,9 +192,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], ne
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-        err = disk_error(exc, path, needed)  # after the unlink: the free space it shows is the user's
-        if err is not None:
-            raise err from exc
+        raise_if_disk_error(exc, path, needed)  # after the unlink: the free space it shows is the user's
         raise
     return path
 
@@ -301,6 +299,15 @@ def disk_error(exc: BaseException, target: str | os.PathLike, needed: int | None
     return DiskError(msg, code)
 
 
+def raise_if_disk_error(exc: BaseException, target: str | os.PathLike, needed: int | None = None,
+                        **kw: Any) -> None:
+    """Raise ``exc`` as its one-line :class:`DiskError` (:func:`disk_error`) when it is a full or read-only disk;
+    else return, for the caller to re-raise or reword it. Call it after removing what the write left."""
+    err = disk_error(exc, target, needed, **kw)
+    if err is not None:
+        raise err from exc
+
+
 def check_writable(folder: str | os.PathLike, option: str = "--out") -> None:
     """Refuse, as one :class:`DiskError`, a folder (or, when it does not exist yet, its nearest existing parent)
     that cannot take a small file: read-only, not permitted or completely full. Leaves nothing behind."""
@@ -316,10 +323,8 @@ def check_writable(folder: str | os.PathLike, option: str = "--out") -> None:
                 os.close(fd)
                 os.unlink(tmp)
     except OSError as exc:
-        err = disk_error(exc, folder, option=option, where=where)
-        if err is None:
-            raise
-        raise err from exc
+        raise_if_disk_error(exc, folder, option=option, where=where)
+        raise
 
 
 def reserve(path: str | os.PathLike) -> None:

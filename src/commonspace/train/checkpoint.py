@@ -148,7 +148,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     so a killed writer never leaves a half-written one behind. The temporary name carries the writer's pid and
     host, so leftovers of killed writers are swept while another live writer's folder is left alone.
     """
-    from commonspace.data.io import disk_error, exchange
+    from commonspace.data.io import exchange, raise_if_disk_error
 
     target = Path(target)
     tmp: Path | None = None
@@ -178,15 +178,15 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         if old.exists():
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
-        written = 0
-        if tmp is not None:
-            written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.is_dir() else 0
-            shutil.rmtree(tmp, ignore_errors=True)
         # a full or read-only disk (an OSError, or safetensors' SafetensorError) is one line, not a traceback
-        err = (disk_error(exc, target, written or None, at_least=True)
-               if isinstance(exc, (OSError, SafetensorError)) else None)
-        if err is not None:
-            raise err from exc
+        disk = isinstance(exc, OSError | SafetensorError)
+        written = 0  # what the message says the write needed at least: only walked for a disk error
+        if tmp is not None:
+            if disk and tmp.is_dir():
+                written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+            shutil.rmtree(tmp, ignore_errors=True)
+        if disk:
+            raise_if_disk_error(exc, target, written or None, at_least=True)
         raise
 
 

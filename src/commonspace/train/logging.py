@@ -6,8 +6,9 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from commonspace.data.io import raise_if_disk_error
 from commonspace.train.checkpoint import write_text_atomic
 
 __all__ = ["Progress", "RunLogger", "require_tensorboard"]
@@ -32,16 +33,6 @@ def _clean(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _clean(x) for k, x in v.items()}
     return v
-
-
-def _disk(exc: OSError, path: Path) -> NoReturn:
-    """Re-raise ``exc`` (being handled) as one line when it is a full or read-only disk."""
-    from commonspace.data.io import disk_error
-
-    err = disk_error(exc, path)
-    if err is None:
-        raise exc
-    raise err from exc
 
 
 class RunLogger:
@@ -71,7 +62,8 @@ class RunLogger:
                 self._f.flush()
             except OSError as exc:
                 self._failed = True
-                _disk(exc, self.path)
+                raise_if_disk_error(exc, self.path)  # a full or read-only disk: one line
+                raise
         if self.writer is not None:
             for k, v in record.get("train", {}).items():
                 self.writer.add_scalar(f"train/{k}", v, step)
@@ -92,7 +84,8 @@ class RunLogger:
                 self._f.close()
             except OSError as exc:
                 if not self._failed:  # else already reported: the buffered line failed again
-                    _disk(exc, self.path)
+                    raise_if_disk_error(exc, self.path)
+                    raise
         if self.writer is not None:
             self.writer.close()
             self.writer = None
